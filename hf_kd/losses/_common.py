@@ -28,9 +28,7 @@ def check_logits_and_labels(
     the values (label range, NaN/inf), which synchronise with the device.
     """
     if student_logits.ndim != 2:
-        raise ValueError(
-            f"student_logits must be [N, C], got shape {tuple(student_logits.shape)}"
-        )
+        raise ValueError(f"student_logits must be [N, C], got shape {tuple(student_logits.shape)}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             "student and teacher logits differ in shape: "
@@ -42,9 +40,7 @@ def check_logits_and_labels(
             raise ValueError(f"{name} must be a floating tensor, got {logits.dtype}")
     num_samples, num_classes = student_logits.shape
     if num_classes < min_classes:
-        raise ValueError(
-            f"this loss needs at least {min_classes} classes, got C={num_classes}"
-        )
+        raise ValueError(f"this loss needs at least {min_classes} classes, got C={num_classes}")
     if labels.ndim != 1 or labels.shape[0] != num_samples:
         raise ValueError(
             f"labels must be [N]=[{num_samples}] to match the logits, got {tuple(labels.shape)}"

@@ -80,7 +80,8 @@ def preset(method: str, dataset: str, *, logit_standardization: bool = False) ->
     if (method, dataset, False) not in _PRESETS:
         methods = sorted({key[0] for key in _PRESETS})
         raise ValueError(f"no preset for loss {method!r}; presets exist for {methods}")
-    chosen = _PRESETS.get((method, dataset, logit_standardization), _PRESETS[(method, dataset, False)])
+    plain = _PRESETS[(method, dataset, False)]
+    chosen = _PRESETS.get((method, dataset, logit_standardization), plain)
     loss_kwargs = dict(chosen.loss_kwargs)
     if logit_standardization:
         loss_kwargs["logit_standardization"] = True
