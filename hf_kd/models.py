@@ -26,6 +26,7 @@ with the model and checked against the teacher's by :func:`check_compatible`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from PIL import Image
 from transformers import (
     CONFIG_MAPPING,
     AutoConfig,
+    AutoImageProcessor,
     AutoModelForImageClassification,
     BitImageProcessor,
     PretrainedConfig,
@@ -53,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 TIMM_HUB_PREFIXES = ("hf-hub:timm/", "timm/")
 DEFAULT_IMAGE_SIZE = 224
+CONFIG_FILE = "config.json"
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 
 # PIL resampling codes (what transformers image processors store) <-> timm/torchvision names.
 _RESAMPLE_NAMES = {
@@ -123,6 +127,27 @@ def load_classifier(
     return _load_checkpoint(name_or_path, labels, pretrained, model_kwargs, trust_remote_code)
 
 
+def load_image_processor(
+    name_or_path: str, *, trust_remote_code: bool = False
+) -> BaseImageProcessor | None:
+    """The image processor stored with a checkpoint, or ``None`` when there is none to load.
+
+    ``None`` for timm architecture names and transformers model types (no checkpoint) and for
+    a local directory holding neither ``preprocessor_config.json`` nor timm settings
+    (``pretrained_cfg`` in ``config.json``); otherwise ``AutoImageProcessor.from_pretrained``.
+    Pass the result to :func:`preprocessing_for`: a pretrained transformers checkpoint's
+    normalisation is recorded only in its processor.
+    """
+    if os.path.isdir(name_or_path):
+        if not _directory_has_image_processor(name_or_path):
+            return None
+    elif _timm_hub_architecture(name_or_path) is None and (
+        timm.is_model(name_or_path) or name_or_path in CONFIG_MAPPING
+    ):
+        return None
+    return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
+
 def is_timm_model(model: PreTrainedModel) -> bool:
     """Whether ``model`` is a wrapped timm architecture."""
     return isinstance(model, TimmWrapperForImageClassification)
@@ -139,8 +164,8 @@ def preprocessing_for(
     ``timm.data.resolve_model_data_config`` on the timm module; a fixed-size ViT uses its
     real ``img_size``); for a transformers model from ``config.image_size`` (else 224) with
     ImageNet mean/std and bicubic interpolation. For a pretrained transformers checkpoint
-    pass its own processor (``AutoImageProcessor.from_pretrained(name)``): its config does
-    not record the normalisation.
+    pass its own processor (:func:`load_image_processor`): its config does not record the
+    normalisation.
     """
     if image_processor is not None:
         return _preprocessing_from_image_processor(image_processor)
@@ -251,6 +276,16 @@ def count_parameters(model: torch.nn.Module, *, trainable_only: bool = False) ->
         for parameter in model.parameters()
         if parameter.requires_grad or not trainable_only
     )
+
+
+def _directory_has_image_processor(directory: str) -> bool:
+    if os.path.isfile(os.path.join(directory, IMAGE_PROCESSOR_FILE)):
+        return True
+    config_file = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(config_file):
+        return False
+    with open(config_file, encoding="utf-8") as file:
+        return "pretrained_cfg" in json.load(file)
 
 
 def _label_maps(
@@ -468,7 +503,7 @@ def _preprocessing_from_image_processor(processor: BaseImageProcessor) -> ImageP
         image_size=(int(image_size[0]), int(image_size[1])),
         mean=mean,
         std=std,
-        interpolation=_RESAMPLE_NAMES.get(Image.Resampling(int(resample)), "bicubic"),
+        interpolation=_RESAMPLE_NAMES[Image.Resampling(int(resample))],
     )
 
 

@@ -156,6 +156,18 @@ def test_imagefolder_split_folders_are_kept(split_image_folder: Path) -> None:
     assert list(as_validation.splits) == ["train", "validation"]
 
 
+def test_unlabelled_test_split_is_left_out(tmp_path: Path) -> None:
+    image = {"bytes": png_bytes(Image.new("RGB", (4, 4))), "path": None}
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})
+    labelled = Dataset.from_dict({"image": [image] * 4, "label": [0, 1, 0, 1]}, features=features)
+    unlabelled = Dataset.from_dict({"image": [image] * 2, "label": [-1, -1]}, features=features)
+    DatasetDict({"train": labelled, "test": unlabelled}).save_to_disk(str(tmp_path / "saved"))
+    data = load_image_dataset(str(tmp_path / "saved"), validation_fraction=0.5)
+    assert list(data.splits) == ["train", "validation"]
+    with pytest.raises(ValueError, match="eval_split and train_split are both 'train'"):
+        load_image_dataset(str(tmp_path / "saved"), eval_split="train")
+
+
 def test_imagefolder_needs_data_dir() -> None:
     with pytest.raises(ValueError, match="data_dir"):
         load_image_dataset("imagefolder")

@@ -26,6 +26,7 @@ from hf_kd.models import (
     image_processor_for,
     is_timm_model,
     load_classifier,
+    load_image_processor,
     preprocessing_for,
 )
 from hf_kd.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
@@ -246,6 +247,7 @@ def test_image_processor_saved_with_the_student_reloads_offline(kind: str, tmp_p
     processor.save_pretrained(tmp_path)
 
     reloaded_processor = AutoImageProcessor.from_pretrained(str(tmp_path), local_files_only=True)
+    assert type(load_image_processor(str(tmp_path))) is type(reloaded_processor)
     assert preprocessing_for(model, reloaded_processor) == preprocessing
     if is_timm_model(model):  # the timm data config travels in config.json
         assert preprocessing_for(load_classifier(str(tmp_path))) == preprocessing
@@ -259,6 +261,13 @@ def test_image_processor_saved_with_the_student_reloads_offline(kind: str, tmp_p
         0
     ]
     torch.testing.assert_close(processed, transformed, rtol=0, atol=1e-5)
+
+
+def test_no_image_processor_to_load(tmp_path: Path) -> None:
+    assert load_image_processor("vit") is None
+    assert load_image_processor(TIMM_CNN) is None
+    tiny("transformers_vit").save_pretrained(tmp_path)  # saved without a processor
+    assert load_image_processor(str(tmp_path)) is None
 
 
 # --- compatibility and size ---------------------------------------------------------------

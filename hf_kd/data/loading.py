@@ -104,18 +104,7 @@ def load_image_dataset(
     image_column = image_column or _detect_image_column(train, train_split)
     label_column = label_column or _detect_label_column(train, train_split)
 
-    validation_source = eval_split or next(
-        (name for name in VALIDATION_SPLIT_NAMES if name in source and name != train_split),
-        None,
-    )
-    if eval_split is not None:
-        _require(eval_split, list(source), "split", f"in {name_or_path!r}")
-    chosen = {"train": train_split}
-    if validation_source is not None:
-        chosen["validation"] = validation_source
-    if TEST_SPLIT in source and TEST_SPLIT not in chosen.values():
-        chosen[TEST_SPLIT] = TEST_SPLIT
-
+    chosen = _choose_splits(source, train_split, eval_split, image_column, label_column)
     splits = {
         target: _standard_columns(source[name], name, image_column, label_column)
         for target, name in chosen.items()
@@ -133,6 +122,42 @@ def load_image_dataset(
     )
     ordered = {name: splits[name] for name in ("train", "validation", TEST_SPLIT) if name in splits}
     return ImageClassificationData(splits=DatasetDict(ordered), label_names=label_names)
+
+
+def _choose_splits(
+    source: DatasetDict,
+    train_split: str,
+    eval_split: str | None,
+    image_column: str,
+    label_column: str,
+) -> dict[str, str]:
+    """Standard split name -> source split name."""
+    if eval_split is not None:
+        _require(eval_split, list(source), "split", "in the dataset")
+        if eval_split == train_split:
+            raise ValueError(f"eval_split and train_split are both {train_split!r}")
+    validation = eval_split or next(
+        (name for name in VALIDATION_SPLIT_NAMES if name in source and name != train_split),
+        None,
+    )
+    chosen = {"train": train_split}
+    if validation is not None:
+        chosen["validation"] = validation
+    if TEST_SPLIT in source and TEST_SPLIT not in chosen.values():
+        if _is_labelled(source[TEST_SPLIT], image_column, label_column):
+            chosen[TEST_SPLIT] = TEST_SPLIT
+        else:
+            logger.warning("split 'test' is left out: it has no labels")
+    return chosen
+
+
+def _is_labelled(split: Dataset, image_column: str, label_column: str) -> bool:
+    """Whether ``split`` has both columns and at least one label (ClassLabel uses -1 for none)."""
+    if not {image_column, label_column} <= set(split.column_names):
+        return False
+    if not isinstance(split.features[label_column], ClassLabel):
+        return True
+    return any(label >= 0 for label in split[label_column])
 
 
 def _load_source(name_or_path: str, data_dir: str | None) -> DatasetDict:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from hf_kd.data.loading import IMAGE_COLUMN, LABEL_COLUMN, ROW_INDEX_COLUMN
 from hf_kd.preprocessing import ImagePreprocessing
 
 Augmentation = Literal["default", "crop", "none"]
-AUGMENTATIONS: tuple[str, ...] = ("default", "crop", "none")
+AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 PADDING_FRACTION = 1 / 8
 STACKED_KEYS = ("pixel_values", "teacher_pixel_values", "teacher_logits")
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
