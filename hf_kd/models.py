@@ -116,9 +116,8 @@ def load_classifier(
     timm_architecture = _timm_hub_architecture(name_or_path)
     if timm_architecture is not None:
         if pretrained:
-            return _load_checkpoint(
-                name_or_path, labels, pretrained, model_kwargs, trust_remote_code
-            )
+            hub_id = name_or_path.removeprefix("hf-hub:")  # transformers takes plain Hub ids
+            return _load_checkpoint(hub_id, labels, pretrained, model_kwargs, trust_remote_code)
         return _create_timm_classifier(timm_architecture, labels, False, model_kwargs)
     if timm.is_model(name_or_path):
         return _create_timm_classifier(name_or_path, labels, pretrained, model_kwargs)
@@ -145,7 +144,8 @@ def load_image_processor(
         timm.is_model(name_or_path) or name_or_path in CONFIG_MAPPING
     ):
         return None
-    return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    hub_id_or_path = name_or_path.removeprefix("hf-hub:")
+    return AutoImageProcessor.from_pretrained(hub_id_or_path, trust_remote_code=trust_remote_code)
 
 
 def is_timm_model(model: PreTrainedModel) -> bool:

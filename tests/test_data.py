@@ -333,6 +333,15 @@ def test_no_augmentation_equals_evaluation_transform() -> None:
     assert train["labels"] == evaluation["labels"] == [1]
 
 
+def test_cached_teacher_logits_pass_through() -> None:
+    batch = {"image": [halves_image(8)] * 2, "label": [0, 1], "teacher_logits": [[1, 2], [3, 4]]}
+    out = build_transforms(SMALL, train=False)(batch)
+    examples = [{key: values[i] for key, values in out.items()} for i in range(2)]
+    collated = collate_image_batch(examples)
+    assert collated["teacher_logits"].dtype == torch.float32
+    assert collated["teacher_logits"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
 def test_teacher_inputs_come_from_the_same_augmented_view() -> None:
     student = ImagePreprocessing(
         image_size=(8, 8), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"

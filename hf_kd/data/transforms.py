@@ -36,7 +36,8 @@ from hf_kd.preprocessing import ImagePreprocessing
 Augmentation = Literal["default", "crop", "none"]
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 PADDING_FRACTION = 1 / 8
-STACKED_KEYS = ("pixel_values", "teacher_pixel_values", "teacher_logits")
+TEACHER_LOGITS_COLUMN = "teacher_logits"
+STACKED_KEYS = ("pixel_values", "teacher_pixel_values", TEACHER_LOGITS_COLUMN)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _PIL_RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -63,7 +64,8 @@ def build_transforms(
 
     It maps a batch ``{image_column: [...], label_column: [...]}`` to ``{"pixel_values":
     [float32 tensor [3, H, W], ...], "labels": [int, ...]}``, plus ``"teacher_pixel_values"``
-    (at the teacher's size and normalisation) when ``teacher_preprocessing`` is given.
+    (at the teacher's size and normalisation) when ``teacher_preprocessing`` is given, and
+    ``"teacher_logits"`` (float32 tensors) when the batch has cached ones.
     Images may be PIL images or ``{"bytes", "path"}`` dicts (``datasets.Image(decode=False)``);
     a ``row_index`` column, as :func:`hf_kd.data.load_image_dataset` adds, names the row of
     a corrupt image. ``augment`` only matters when ``train`` is true.
@@ -101,6 +103,11 @@ def build_transforms(
                 transformed[key].append(_to_normalised_tensor(view, target))
         if label_column in batch:
             transformed["labels"] = [int(label) for label in batch[label_column]]
+        if TEACHER_LOGITS_COLUMN in batch:  # cached teacher outputs pass through
+            transformed[TEACHER_LOGITS_COLUMN] = [
+                torch.as_tensor(logits, dtype=torch.float32)
+                for logits in batch[TEACHER_LOGITS_COLUMN]
+            ]
         return transformed
 
     return transform
