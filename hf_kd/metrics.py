@@ -20,11 +20,13 @@ TOP_K = 5
 def top_k_class_indices(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """The ``min(5, C)`` highest-scoring class indices per sample, best first: ``[N, k]``.
 
-    Signature of ``Trainer(preprocess_logits_for_metrics=...)``; ``labels`` is unused.
+    Signature of ``Trainer(preprocess_logits_for_metrics=...)``; ``labels`` is unused. A
+    stable sort breaks ties towards the lower class index, as :func:`ranked_classes` does.
     """
     if isinstance(logits, tuple):
         logits = logits[0]
-    return logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
+    ranked = logits.sort(dim=-1, descending=True, stable=True).indices
+    return ranked[:, : min(TOP_K, logits.shape[-1])]
 
 
 def ranked_classes(predictions: np.ndarray, k: int) -> np.ndarray:
