@@ -60,6 +60,14 @@ def tiny_timm(
     return TimmWrapperForImageClassification(config)
 
 
+def sharpened(model: ViTForImageClassification, factor: float) -> ViTForImageClassification:
+    """Scale a ViT's classifier so that its softmax is far from uniform (a confident teacher)."""
+    with torch.no_grad():
+        model.classifier.weight.mul_(factor)
+        model.classifier.bias.mul_(factor)
+    return model
+
+
 class PatternDataset(torch.utils.data.Dataset):
     """Each class is a fixed random image; samples are that image plus Gaussian noise.
 
