@@ -19,13 +19,19 @@ the loss and gradients came out k times too large. ``model_accepts_loss_kwargs``
 False as well, so the Trainer does not count (and, across processes, all-gather) labels
 for a ``num_items_in_batch`` that this loss does not use.
 
+Checkpoints: the student alone is saved (the teacher is not in its module tree); on
+resume and ``load_best_model_at_end`` it is reloaded through ``from_pretrained``, because
+transformers 5.23's plain ``load_state_dict`` misses the legacy key names that
+``save_pretrained`` writes for ViT and silently leaves those layers untrained.
+
 Logging without host syncs: the step keeps ``ce_loss``, ``kd_loss``, every loss term
 (``kd_loss/<term>``), the warm-up factor ``kd_warmup_factor`` and counts of non-finite
 logits as device tensors; :meth:`DistillationTrainer.log` averages them over micro-batches
 and processes once per log and raises ``ValueError`` if anything was NaN/inf. The first
 training step validates its inputs (label range, finite logits) with one host sync. The
 reporting integrations show the training keys under ``train/`` and the evaluation ones
-under ``eval/``.
+under ``eval/``. Non-finite logits thus stop training at the latest at the next log, as
+a ``ValueError`` naming the teacher or the student.
 """
 
 from __future__ import annotations
@@ -163,9 +169,10 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             check_teacher_matches_student(teacher_model, self.model)
         self.objective = args.resolve_objective()
+        # Values are checked on the first step and at log time, not by a sync in every step.
         self.distillation_loss = build_loss(
             self.objective.method, **self.objective.loss_kwargs, check_values=False
-        )
+        ).to(self.args.device)
         self.teacher = FrozenTeacher(
             prepare_teacher(teacher_model, self.accelerator) if teacher_model is not None else None,
             preprocessing=args.resolve_teacher_preprocessing(
@@ -196,7 +203,9 @@ class DistillationTrainer(Trainer):
         """``total = ce_weight * CE + kd_weight * w(epoch) * loss`` and its logged parts.
 
         The logged parts: ``ce_loss``, ``kd_loss`` (the distillation loss alone),
-        ``kd_loss/<term>`` for every term and ``kd_warmup_factor`` (``w``).
+        ``kd_loss/<term>`` for every term and ``kd_warmup_factor`` (``w``). CE takes the raw
+        student logits in float32 and ``--label_smoothing_factor`` (0 by default, as in the
+        official code); the loss gets the 1-based fractional epoch (MCLD's category warm-up).
         """
         epoch = self.current_epoch()
         warmup_factor = self.objective.kd_warmup_factor(epoch)

@@ -285,6 +285,45 @@ def test_every_loss_part_is_logged(tmp_path, method):
         )
 
 
+def test_linear_warmup_ramps_per_optimizer_step(tmp_path):
+    trainer = DistillationTrainer(
+        model=tiny_vit(seed=1),
+        teacher_model=tiny_vit(seed=2),
+        args=make_args(
+            tmp_path,
+            num_train_epochs=2,
+            warmup_epochs=2,
+            warmup_schedule="linear",
+            distillation_preset="cifar100",
+        ),
+        train_dataset=PatternDataset(16),
+    )
+    trainer.train()
+    # 2 steps per epoch: 1-based epochs 1, 1.5, 2, 2.5 -> w = min(epoch / 2, 1)
+    factors = [log["kd_warmup_factor"] for log in training_logs(trainer)]
+    assert factors == pytest.approx([0.5, 0.75, 1.0, 1.0])
+    for log in training_logs(trainer):  # the KD preset: ce 0.1, kd 0.9
+        expected = 0.1 * log["ce_loss"] + 0.9 * log["kd_warmup_factor"] * log["kd_loss"]
+        assert log["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_label_smoothing_applies_to_the_training_cross_entropy(tmp_path):
+    student = tiny_vit(seed=1)
+    dataset = PatternDataset(8)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=tiny_vit(seed=2),
+        args=make_args(tmp_path, max_steps=1, learning_rate=0.0, label_smoothing_factor=0.2),
+        train_dataset=dataset,
+    )
+    trainer.train()
+    with torch.no_grad():
+        logits = student(pixel_values=dataset.pixel_values).logits
+    expected = F.cross_entropy(logits, dataset.labels, label_smoothing=0.2)
+    (log,) = training_logs(trainer)
+    assert log["ce_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
 STUDENT_16 = ImagePreprocessing((16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear")
 TEACHER_8 = ImagePreprocessing((8, 8), (0.4, 0.4, 0.4), (0.3, 0.3, 0.3), "bilinear")
 
