@@ -216,6 +216,9 @@ def _prepare_fsdp(model: nn.Module, accelerator: Accelerator) -> nn.Module:
         return model.eval()
     plugin = accelerator.state.fsdp_plugin
     plugin.set_auto_wrap_policy(model)
+    # The student's sharding, precision and prefetch settings; the training-only ones
+    # (backward prefetch, ignored modules, meta-device init) do not apply to a frozen teacher
+    # loaded on every rank.
     wrapped = FullyShardedDataParallel(
         model,
         sharding_strategy=plugin.sharding_strategy or plugin.reshard_after_forward,
@@ -223,11 +226,8 @@ def _prepare_fsdp(model: nn.Module, accelerator: Accelerator) -> nn.Module:
         auto_wrap_policy=plugin.auto_wrap_policy,
         mixed_precision=plugin.mixed_precision_policy,
         sync_module_states=plugin.sync_module_states,
-        backward_prefetch=plugin.backward_prefetch,
         forward_prefetch=plugin.forward_prefetch,
         use_orig_params=plugin.use_orig_params,
-        param_init_fn=plugin.param_init_fn,
-        ignored_modules=plugin.ignored_modules,
         limit_all_gathers=plugin.limit_all_gathers,
         device_id=accelerator.device,
     )
