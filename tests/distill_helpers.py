@@ -1,0 +1,122 @@
+"""Tiny models, a learnable in-memory image task and economical arguments for trainer tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from hf_kd.arguments import DistillationArguments
+
+NUM_CLASSES = 5
+IMAGE_SIZE = 16
+
+
+def class_names(num_classes: int = NUM_CLASSES) -> dict[int, str]:
+    return {index: f"shape_{index}" for index in range(num_classes)}
+
+
+def tiny_vit(
+    num_labels: int = NUM_CLASSES,
+    image_size: int = IMAGE_SIZE,
+    seed: int = 0,
+    id2label: dict[int, str] | None = None,
+) -> ViTForImageClassification:
+    """A 2-layer ViT with hidden size 32: about 30k parameters."""
+    torch.manual_seed(seed)
+    id2label = id2label if id2label is not None else class_names(num_labels)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+    return ViTForImageClassification(config)
+
+
+def tiny_timm(
+    architecture: str = "test_efficientnet_gn", num_labels: int = NUM_CLASSES, seed: int = 0
+) -> TimmWrapperForImageClassification:
+    """A timm student behind transformers' wrapper (GroupNorm: no batch statistics)."""
+    torch.manual_seed(seed)
+    id2label = class_names(num_labels)
+    config = TimmWrapperConfig(
+        architecture=architecture,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+    return TimmWrapperForImageClassification(config)
+
+
+def sharpened(model: ViTForImageClassification, factor: float) -> ViTForImageClassification:
+    """Scale a ViT's classifier so that its softmax is far from uniform (a confident teacher)."""
+    with torch.no_grad():
+        model.classifier.weight.mul_(factor)
+        model.classifier.bias.mul_(factor)
+    return model
+
+
+class PatternDataset(torch.utils.data.Dataset):
+    """Each class is a fixed random image; samples are that image plus Gaussian noise.
+
+    Learnable in a few steps. Items are dicts with ``pixel_values`` ``[3, H, W]`` and
+    ``labels`` (int64), plus any extra per-sample columns given as ``[N, ...]`` tensors.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        num_classes: int = NUM_CLASSES,
+        image_size: int = IMAGE_SIZE,
+        noise: float = 0.5,
+        seed: int = 0,
+        extra_columns: dict[str, torch.Tensor] | None = None,
+    ):
+        generator = torch.Generator().manual_seed(seed)
+        templates = torch.randn(
+            num_classes, 3, image_size, image_size, generator=torch.Generator().manual_seed(1234)
+        )
+        self.labels = torch.arange(num_samples) % num_classes
+        noise_images = torch.randn(num_samples, 3, image_size, image_size, generator=generator)
+        self.pixel_values = templates[self.labels] + noise * noise_images
+        self.extra_columns = extra_columns or {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+        item.update({name: column[index] for name, column in self.extra_columns.items()})
+        return item
+
+
+def make_args(output_dir, **overrides: Any) -> DistillationArguments:
+    """Fast CPU arguments: KD, no saving, log every step, no progress bars."""
+    values: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "distillation_method": "kd",
+        "use_cpu": True,
+        "report_to": [],
+        "disable_tqdm": True,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8,
+        "dataloader_num_workers": 0,
+        "learning_rate": 1e-3,
+        "seed": 0,
+    }
+    values.update(overrides)
+    return DistillationArguments(**values)

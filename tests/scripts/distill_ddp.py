@@ -1,0 +1,73 @@
+"""A tiny data-parallel distillation run for ``tests/test_distributed.py``.
+
+Run as ``accelerate launch --multi_gpu --num_processes 2 tests/scripts/distill_ddp.py
+--use_cpu --output_dir DIR --result_file FILE``. Every rank asserts that it runs in a
+2-process group, trains, evaluates and writes ``FILE.rank<r>.json`` for the test to check.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for distill_helpers
+
+from distill_helpers import PatternDataset, tiny_vit
+
+from hf_kd.arguments import DistillationArguments
+from hf_kd.trainer import DistillationTrainer
+
+
+@dataclass
+class ScriptArguments:
+    result_file: str = field(metadata={"help": "Each rank writes RESULT_FILE.rank<r>.json."})
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    script_args, args = HfArgumentParser(
+        (ScriptArguments, DistillationArguments)
+    ).parse_args_into_dataclasses()
+    student, teacher = tiny_vit(seed=1), tiny_vit(seed=2)
+    initial_weights = torch.nn.utils.parameters_to_vector(student.parameters()).detach().clone()
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=PatternDataset(32),
+        eval_dataset=PatternDataset(16, seed=1),
+    )
+    accelerator = trainer.accelerator
+    world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    assert accelerator.num_processes == 2 and world_size == 2, (
+        f"expected 2 processes, got num_processes={accelerator.num_processes}, "
+        f"world_size={world_size}"
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+
+    weights = torch.nn.utils.parameters_to_vector(student.parameters()).detach()
+    all_weights = accelerator.gather(weights[None]).cpu()
+    result = {
+        "rank": accelerator.process_index,
+        "world_size": world_size,
+        "distributed_type": str(accelerator.distributed_type),
+        "student_wrapper": type(trainer.model_wrapped).__name__,
+        "teacher_wrapper": type(trainer.teacher.model).__name__,
+        "teacher_requires_grad": any(p.requires_grad for p in teacher.parameters()),
+        "ranks_have_equal_weights": bool(torch.equal(all_weights[0], all_weights[1])),
+        "weights_changed": bool((weights.cpu() - initial_weights.cpu()).abs().max() > 0),
+        "training_logs": [entry for entry in trainer.state.log_history if "loss" in entry],
+        "eval_metrics": metrics,
+    }
+    path = Path(f"{script_args.result_file}.rank{accelerator.process_index}.json")
+    path.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

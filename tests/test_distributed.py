@@ -1,0 +1,109 @@
+"""A real 2-process data-parallel run on CPU through ``accelerate launch``.
+
+``--multi_gpu --num_processes 2`` starts two processes through torch.distributed; the
+script's ``--use_cpu`` (a TrainingArguments flag) keeps them on the CPU with gloo. Note that
+``accelerate launch --cpu --num_processes 2`` would silently run a single process, which is
+why the script asserts a world size of 2 from inside the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "tests" / "scripts" / "distill_ddp.py"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_two_process_data_parallel_run(tmp_path):
+    result_file = tmp_path / "result"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPT),
+        "--use_cpu",
+        "--output_dir",
+        str(tmp_path / "output"),
+        "--result_file",
+        str(result_file),
+        "--distillation_method",
+        "kd",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--num_train_epochs",
+        "2",
+        "--learning_rate",
+        "3e-3",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+        # an empty Accelerate/HF home: no user accelerate config, no Hub access
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    completed = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+
+    results = [json.loads(Path(f"{result_file}.rank{rank}.json").read_text()) for rank in range(2)]
+    for rank, result in enumerate(results):
+        assert result["rank"] == rank
+        assert result["world_size"] == 2
+        assert result["distributed_type"] == "DistributedType.MULTI_CPU"
+        assert result["student_wrapper"] == "DistributedDataParallel"
+        assert result["teacher_wrapper"] == "ViTForImageClassification"  # never DDP
+        assert result["teacher_requires_grad"] is False
+        assert result["ranks_have_equal_weights"] is True
+        assert result["weights_changed"] is True
+        assert "eval_accuracy" in result["eval_metrics"]
+
+    # 32 samples / (2 processes x 4 per device x 2 accumulated) = 2 steps per epoch, 2 epochs.
+    logs = results[0]["training_logs"]
+    assert [log["step"] for log in logs] == [1, 2, 3, 4]
+    # The loss parts are averaged over both processes at log time: every rank logs the same
+    # values, and they add up to the Trainer's own all-process mean loss (weights 1, w = 1).
+    assert results[1]["training_logs"] == logs
+    for key in ("eval_loss", "eval_accuracy", "eval_top5_accuracy"):
+        assert results[1]["eval_metrics"][key] == results[0]["eval_metrics"][key]
+    for log in logs:
+        assert log["loss"] == pytest.approx(log["ce_loss"] + log["kd_loss"], rel=1e-5)
