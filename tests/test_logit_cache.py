@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from datasets import Dataset
@@ -169,6 +171,27 @@ def test_top_k_keeps_the_largest_logits_and_the_rest_mass(
     true, approx = dense.softmax(dim=1), rebuilt.softmax(dim=1)
     torch.testing.assert_close(approx.gather(1, kept), true.gather(1, kept))
     torch.testing.assert_close((approx * dropped).sum(1), (true * dropped).sum(1))
+
+
+def test_autocast_runs_the_teacher_in_low_precision_and_is_recorded(
+    teacher: PreTrainedModel, train: Dataset, tmp_path: Path
+) -> None:
+    cache = hf_kd.cache_teacher_logits(
+        teacher,
+        train,
+        preprocessing=PREPROCESSING,
+        output_path=tmp_path,
+        split_name="train",
+        dtype="float32",
+        autocast_dtype=torch.bfloat16,
+    )
+    assert cache.metadata["storage"]["autocast"] == "torch.bfloat16"
+    pixel_values = plain_pixels(train, PREPROCESSING)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_precision = live_logits(teacher, pixel_values).float()
+    cached = torch.from_numpy(cache.teacher_logits(train["row_index"])[:, 0])
+    torch.testing.assert_close(cached, low_precision, rtol=0, atol=1e-6)  # one batch, same maths
+    assert (cached - live_logits(teacher, pixel_values)).abs().max() > 1e-4
 
 
 # --- reuse and refusal ----------------------------------------------------------------------
@@ -398,6 +421,12 @@ def test_bad_arguments_are_clear_errors(
         cache(model=loud)
     with pytest.raises(ValueError, match="no teacher-logit cache at"):
         load_teacher_logit_cache(tmp_path / "nothing")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(plain_cache.path, truncated)
+    table = pq.read_table(truncated / "logits.parquet")
+    pq.write_table(table.slice(0, ROWS - 1), truncated / "logits.parquet")
+    with pytest.raises(ValueError, match="is inconsistent"):
+        load_teacher_logit_cache(truncated)
 
 
 # --- command line ---------------------------------------------------------------------------

@@ -357,44 +357,60 @@ def load_teacher_logit_cache(
 
 def _read(directory: Path, metadata: dict[str, Any]) -> TeacherLogitCache:
     table = pq.read_table(directory / LOGITS_FILE)
-    row_index = table.column(ROW_INDEX_COLUMN).to_numpy()
-    view_index = table.column(VIEW_INDEX_COLUMN).to_numpy()
-    order = np.lexsort((view_index, row_index))
     num_views = int(metadata["views"]["num_views"])
+    order = _row_view_order(table, num_views, metadata["num_records"], directory)
     num_rows = len(order) // num_views
-    expected_views = np.tile(np.arange(num_views), num_rows)
-    rows = row_index[order].reshape(num_rows, num_views) if len(order) % num_views == 0 else None
-    if (
-        rows is None
-        or not np.array_equal(view_index[order], expected_views)
-        or np.any(rows != rows[:, :1])
-        or np.any(np.diff(rows[:, 0]) == 0)
-        or len(order) != metadata["num_records"]
-    ):
-        raise ValueError(
-            f"the teacher-logit cache at {directory} is inconsistent: every row must have views "
-            f"0..{num_views - 1} once; rebuild it"
-        )
 
     def per_row(column: str) -> np.ndarray:
-        array = table.column(column).combine_chunks()
-        if isinstance(array.type, pa.FixedSizeListType):
-            values = array.flatten().to_numpy().reshape(len(array), array.type.list_size)
-        else:
-            values = array.to_numpy()
-        return values[order].reshape(num_rows, num_views, *values.shape[1:])
+        """``column`` as ``[rows, views, ...]``, rows in ``row_index`` order."""
+        values = _column_to_numpy(table.column(column))[order]
+        return values.reshape(num_rows, num_views, *values.shape[1:])
 
-    labels = table.column(LABEL_COLUMN).to_numpy()[order][::num_views]
+    row_index = per_row(ROW_INDEX_COLUMN)[:, 0]
+    labels = per_row(LABEL_COLUMN)[:, 0]
     if metadata["storage"]["top_k"] is None:
         return TeacherLogitCache(
-            str(directory), metadata, rows[:, 0], labels, values=per_row(LOGITS_COLUMN)
+            str(directory), metadata, row_index, labels, values=per_row(LOGITS_COLUMN)
         )
     return TeacherLogitCache(
         str(directory),
         metadata,
-        rows[:, 0],
+        row_index,
         labels,
         values=per_row(TOP_K_VALUES_COLUMN),
         top_k_indices=per_row(TOP_K_INDICES_COLUMN),
         rest_fill=per_row(REST_FILL_COLUMN),
     )
+
+
+def _row_view_order(
+    table: pa.Table, num_views: int, num_records: int, directory: Path
+) -> np.ndarray:
+    """The record order sorting by ``(row_index, view_index)``; ``ValueError`` unless every
+    row has views ``0..num_views-1`` exactly once."""
+    row_index = table.column(ROW_INDEX_COLUMN).to_numpy()
+    view_index = table.column(VIEW_INDEX_COLUMN).to_numpy()
+    order = np.lexsort((view_index, row_index))
+    consistent = len(order) == num_records and len(order) % num_views == 0
+    if consistent:
+        rows = row_index[order].reshape(-1, num_views)
+        views = view_index[order].reshape(-1, num_views)
+        consistent = (
+            bool(np.all(views == np.arange(num_views)))
+            and bool(np.all(rows == rows[:, :1]))
+            and bool(np.all(np.diff(rows[:, 0]) > 0))
+        )
+    if not consistent:
+        raise ValueError(
+            f"the teacher-logit cache at {directory} is inconsistent: every row must have views "
+            f"0..{num_views - 1} exactly once; rebuild it"
+        )
+    return order
+
+
+def _column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """A column as numpy; a fixed-size list column as ``[records, list_size]``."""
+    array = column.combine_chunks()
+    if isinstance(array.type, pa.FixedSizeListType):
+        return array.flatten().to_numpy().reshape(len(array), array.type.list_size)
+    return array.to_numpy()
