@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 
 from hf_kd.data import (
     ImageClassificationData,
+    ViewReplay,
     build_transforms,
     collate_image_batch,
     load_digits_dataset,
@@ -420,3 +421,48 @@ def test_transformed_digits_through_a_dataloader() -> None:
     assert batch["pixel_values"].shape == (16, 3, 32, 32)
     assert batch["pixel_values"].min() >= -1 and batch["pixel_values"].max() <= 1
     assert batch["labels"].tolist() == data.splits["train"]["label"][:16]
+
+
+# --- replayed views (for cached teacher logits) ------------------------------------------
+
+
+def test_replayed_views_repeat_their_pixels_and_differ_between_views() -> None:
+    preprocessing = ImagePreprocessing(image_size=(16, 16), mean=(0, 0, 0), std=(1, 1, 1))
+    views = ViewReplay(view_size=(16, 16), interpolation="bicubic", num_views=6, seed=3)
+    transform = build_transforms(preprocessing, train=True, augment="default", views=views)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8))
+
+    def view(row_index: int, view_index: int) -> torch.Tensor:
+        batch = {"image": [image], "row_index": [row_index], "view_index": [view_index]}
+        return transform(batch)["pixel_values"][0]
+
+    torch.manual_seed(0)
+    first = [view(7, k) for k in range(6)]
+    torch.manual_seed(1)  # the global generator plays no part
+    again = [view(7, k) for k in range(6)]
+    for left, right in zip(first, again, strict=True):
+        torch.testing.assert_close(left, right, rtol=0, atol=0)
+    distinct = {tuple(pixels.flatten().tolist()) for pixels in first}
+    assert len(distinct) > 1  # six seeded draws of 5 x 5 shifts x 2 flips
+    # the row is part of the seed: the same image in row 8 gets other views
+    assert any(not torch.equal(view(8, k), first[k]) for k in range(6))
+
+
+def test_replayed_views_need_row_and_view_indices() -> None:
+    views = ViewReplay(view_size=(8, 8), interpolation="bicubic", num_views=2)
+    transform = build_transforms(SMALL, train=True, augment="crop", views=views)
+    with pytest.raises(ValueError, match=r"need the columns \['view_index'\]"):
+        transform({"image": [halves_image(8)], "row_index": [0]})
+    with pytest.raises(ValueError, match=r"view_index 2 of row 0 is outside \[0, 2\)"):
+        transform({"image": [halves_image(8)], "row_index": [0], "view_index": [2]})
+    with pytest.raises(ValueError, match="num_views must be >= 1"):
+        ViewReplay(view_size=(8, 8), interpolation="bicubic", num_views=0)
+
+
+def test_cached_teacher_logits_with_random_augmentation_are_refused() -> None:
+    batch = {"image": [halves_image(8)], "label": [0], "teacher_logits": [[1.0, 2.0]]}
+    with pytest.raises(ValueError, match="augments at random"):
+        build_transforms(SMALL, train=True, augment="crop")(batch)
+    out = build_transforms(SMALL, train=True, augment="none")(batch)
+    assert out["teacher_logits"][0].tolist() == [1.0, 2.0]

@@ -9,13 +9,23 @@ from hf_kd.data.loading import (
     ImageClassificationData,
     load_image_dataset,
 )
-from hf_kd.data.transforms import build_transforms, collate_image_batch, load_rgb_image
+from hf_kd.data.transforms import (
+    TEACHER_LOGITS_COLUMN,
+    VIEW_INDEX_COLUMN,
+    ViewReplay,
+    build_transforms,
+    collate_image_batch,
+    load_rgb_image,
+)
 
 __all__ = [
     "IMAGE_COLUMN",
     "LABEL_COLUMN",
     "ROW_INDEX_COLUMN",
+    "TEACHER_LOGITS_COLUMN",
+    "VIEW_INDEX_COLUMN",
     "ImageClassificationData",
+    "ViewReplay",
     "build_transforms",
     "collate_image_batch",
     "load_digits_dataset",

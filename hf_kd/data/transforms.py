@@ -18,12 +18,19 @@ The pipeline of one example, for ``Dataset.with_transform(build_transforms(...))
 
 Student and teacher inputs come from the same augmented view, so the teacher sees the crop
 and flip the student sees.
+
+*Replayed views* (:class:`ViewReplay`, for cached teacher logits): the canonical view is built
+at a fixed size and the augmentation of view ``k`` of row ``r`` is drawn from a generator
+seeded with ``(seed, r, k)`` instead of the global one, so view ``k`` of a row has the same
+pixels in every epoch, for the student now as for the teacher when its logits were cached.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -37,6 +44,7 @@ Augmentation = Literal["default", "crop", "none"]
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 PADDING_FRACTION = 1 / 8
 TEACHER_LOGITS_COLUMN = "teacher_logits"
+VIEW_INDEX_COLUMN = "view_index"
 STACKED_KEYS = ("pixel_values", "teacher_pixel_values", TEACHER_LOGITS_COLUMN)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _PIL_RESAMPLE = {
@@ -51,6 +59,41 @@ _PIL_RESAMPLE = {
 BatchTransform = Callable[[Mapping[str, Sequence[Any]]], dict[str, list[Any]]]
 
 
+@dataclass(frozen=True)
+class ViewReplay:
+    """A fixed set of ``num_views`` augmented views per row, the same pixels every time.
+
+    The canonical view is built at ``view_size`` (height, width) with ``interpolation``,
+    whatever the sizes of the models fed; view ``k`` of the row with ``row_index`` ``r`` is
+    augmented with parameters drawn from ``numpy.random.default_rng((seed, r, k))``. Any
+    transform built with the same ``ViewReplay`` and ``augment`` gives view ``k`` of row ``r``
+    the same pixels (up to each model's own resize and normalisation).
+    """
+
+    view_size: tuple[int, int]
+    interpolation: str
+    num_views: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.view_size) != 2 or min(self.view_size) <= 0:
+            raise ValueError(f"view_size must be (height, width) > 0, got {self.view_size}")
+        if self.num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {self.num_views}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        _resample(self.interpolation)
+
+
+@dataclass(frozen=True)
+class _Augmentation:
+    """A random shift (the crop's top-left corner, in pixels) and an optional horizontal flip."""
+
+    left: int
+    top: int
+    flip: bool
+
+
 def build_transforms(
     preprocessing: ImagePreprocessing,
     *,
@@ -59,6 +102,7 @@ def build_transforms(
     teacher_preprocessing: ImagePreprocessing | None = None,
     image_column: str = IMAGE_COLUMN,
     label_column: str = LABEL_COLUMN,
+    views: ViewReplay | None = None,
 ) -> BatchTransform:
     """A batch transform for ``Dataset.with_transform`` (pipeline in the module docstring).
 
@@ -69,18 +113,31 @@ def build_transforms(
     Images may be PIL images or ``{"bytes", "path"}`` dicts (``datasets.Image(decode=False)``);
     a ``row_index`` column, as :func:`hf_kd.data.load_image_dataset` adds, names the row of
     a corrupt image. ``augment`` only matters when ``train`` is true.
+
+    With ``views``, the canonical view has ``views.view_size`` and ``views.interpolation``,
+    and the augmentation is replayed (module docstring): the batch must then carry
+    ``row_index`` and ``view_index`` (``0 <= view_index < views.num_views``) when it augments.
+
+    Raises:
+        ValueError: a batch carrying cached ``teacher_logits`` while this transform augments
+            at random (``train`` and ``augment != "none"`` without ``views``): the teacher's
+            logits belong to other pixels than the student would see.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     outputs = {"pixel_values": preprocessing}
     if teacher_preprocessing is not None:
         outputs["teacher_pixel_values"] = teacher_preprocessing
-    canonical_size = (
-        max(target.image_size[0] for target in outputs.values()),
-        max(target.image_size[1] for target in outputs.values()),
-    )
     for target in outputs.values():
         _resample(target.interpolation)  # an unsupported interpolation fails here, not mid-epoch
+    if views is None:
+        canonical_size = (
+            max(target.image_size[0] for target in outputs.values()),
+            max(target.image_size[1] for target in outputs.values()),
+        )
+        canonical_interpolation = preprocessing.interpolation
+    else:
+        canonical_size, canonical_interpolation = views.view_size, views.interpolation
     augmentation = augment if train else "none"
 
     def transform(batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
@@ -89,7 +146,16 @@ def build_transforms(
                 f"no column {image_column!r} in the batch; columns: {list(batch)}; "
                 "pass image_column=..."
             )
+        if TEACHER_LOGITS_COLUMN in batch and augmentation != "none" and views is None:
+            raise ValueError(
+                f"the batch carries cached {TEACHER_LOGITS_COLUMN!r} but this transform augments "
+                f"at random (augment={augment!r}): the teacher saw other pixels than the "
+                "student would. Train with augment='none', or cache replayed views "
+                "(cache_teacher_logits(..., augment=..., num_views=K)) and attach them with "
+                "hf_kd.with_cached_teacher_logits"
+            )
         row_indices = batch.get(ROW_INDEX_COLUMN)
+        draws = _augmentation_draws(batch, views, augmentation, len(batch[image_column]))
         transformed: dict[str, list[Any]] = {key: [] for key in outputs}
         for position, stored in enumerate(batch[image_column]):
             row = (
@@ -98,7 +164,11 @@ def build_transforms(
                 else f"batch item {position}"
             )
             image = load_rgb_image(stored, where=f"column {image_column!r}, {row}")
-            view = _augment(_resize_and_crop(image, canonical_size, preprocessing), augmentation)
+            view = _resize_and_crop(image, canonical_size, canonical_interpolation)
+            if augmentation != "none":
+                view = _apply_augmentation(
+                    view, _draw_augmentation(view.size, augmentation, draws[position])
+                )
             for key, target in outputs.items():
                 transformed[key].append(_to_normalised_tensor(view, target))
         if label_column in batch:
@@ -173,9 +243,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _resize_and_crop(
-    image: Image.Image, size: tuple[int, int], preprocessing: ImagePreprocessing
-) -> Image.Image:
+def _resize_and_crop(image: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:
     """Resize the shorter side to ``max(size)`` (aspect kept), centre-crop to ``size``."""
     height, width = size
     shorter_side = max(height, width)
@@ -185,22 +253,67 @@ def _resize_and_crop(
         max(height, round(image.height * scale)),
     )
     if resized_size != image.size:
-        image = image.resize(resized_size, _resample(preprocessing.interpolation))
+        image = image.resize(resized_size, _resample(interpolation))
     left = (image.width - width) // 2
     top = (image.height - height) // 2
     return image.crop((left, top, left + width, top + height))
 
 
-def _augment(view: Image.Image, augmentation: str) -> Image.Image:
-    if augmentation == "none":
-        return view
-    pad_x = round(view.width * PADDING_FRACTION)
-    pad_y = round(view.height * PADDING_FRACTION)
-    left = int(torch.randint(0, 2 * pad_x + 1, ()).item()) - pad_x
-    top = int(torch.randint(0, 2 * pad_y + 1, ()).item()) - pad_y
+RandomInteger = Callable[[int], int]  # n -> a uniform draw from {0, ..., n - 1}
+
+
+def _augmentation_draws(
+    batch: Mapping[str, Sequence[Any]], views: ViewReplay | None, augmentation: str, size: int
+) -> list[RandomInteger]:
+    """One source of random integers per batch item: the global torch generator, or, for
+    replayed views, a generator seeded with ``(seed, row_index, view_index)``."""
+    if augmentation == "none" or views is None:
+        return [_torch_randint] * size
+    missing = [key for key in (ROW_INDEX_COLUMN, VIEW_INDEX_COLUMN) if key not in batch]
+    if missing:
+        raise ValueError(
+            f"replayed views need the columns {missing} in the batch; columns: {list(batch)}"
+        )
+    draws = []
+    for row_index, view_index in zip(
+        batch[ROW_INDEX_COLUMN], batch[VIEW_INDEX_COLUMN], strict=True
+    ):
+        if not 0 <= int(view_index) < views.num_views:
+            raise ValueError(
+                f"view_index {int(view_index)} of row {int(row_index)} is outside "
+                f"[0, {views.num_views})"
+            )
+        generator = np.random.default_rng((views.seed, int(row_index), int(view_index)))
+        draws.append(partial(_numpy_randint, generator))
+    return draws
+
+
+def _torch_randint(n: int) -> int:
+    return int(torch.randint(n, ()).item())
+
+
+def _numpy_randint(generator: np.random.Generator, n: int) -> int:
+    return int(generator.integers(n))
+
+
+def _draw_augmentation(
+    view_size: tuple[int, int], augmentation: str, randint: RandomInteger
+) -> _Augmentation:
+    """A shift of up to ``PADDING_FRACTION`` of each side, and a flip for ``"default"``."""
+    width, height = view_size
+    pad_x = round(width * PADDING_FRACTION)
+    pad_y = round(height * PADDING_FRACTION)
+    left = randint(2 * pad_x + 1) - pad_x
+    top = randint(2 * pad_y + 1) - pad_y
+    flip = augmentation == "default" and randint(2) == 1
+    return _Augmentation(left=left, top=top, flip=flip)
+
+
+def _apply_augmentation(view: Image.Image, augmentation: _Augmentation) -> Image.Image:
+    left, top = augmentation.left, augmentation.top
     # crop() beyond the border fills with zeros: a zero-padded random shift
     view = view.crop((left, top, left + view.width, top + view.height))
-    if augmentation == "default" and bool(torch.rand(()) < 0.5):
+    if augmentation.flip:
         view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return view
 

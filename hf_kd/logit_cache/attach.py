@@ -1,0 +1,100 @@
+"""Training data with cached teacher logits: :func:`with_cached_teacher_logits`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from hf_kd.data.loading import ROW_INDEX_COLUMN
+from hf_kd.data.transforms import (
+    AUGMENTATIONS,
+    TEACHER_LOGITS_COLUMN,
+    VIEW_INDEX_COLUMN,
+    Augmentation,
+    build_transforms,
+)
+from hf_kd.logit_cache.fingerprint import row_indices_and_labels
+from hf_kd.logit_cache.storage import TeacherLogitCache
+from hf_kd.preprocessing import ImagePreprocessing
+
+
+def with_cached_teacher_logits(
+    split: Dataset,
+    cache: TeacherLogitCache,
+    *,
+    preprocessing: ImagePreprocessing,
+    augment: Augmentation | None = None,
+) -> Dataset:
+    """``split`` with a training transform that adds the teacher's cached logits to each example.
+
+    Each example is joined to the cache by ``row_index``. When the cache holds several
+    augmented views per row, each access picks one view ``k`` at random (the global torch
+    generator, seeded by the Trainer and per ``DataLoader`` worker, so views vary between
+    epochs) and the transform replays view ``k``'s crop and flip
+    (:class:`hf_kd.data.ViewReplay`): the student's ``pixel_values`` show exactly the pixels
+    the teacher's ``teacher_logits`` were computed on, resized and normalised for the student
+    by ``preprocessing``. Examples come out as ``build_transforms`` makes them, plus
+    ``teacher_logits`` (float32 ``[num_classes]``); ``hf_kd.data.collate_image_batch`` stacks
+    them, and the trainer then skips the teacher.
+
+    Augmentation follows the cache: a cache of plain views (``augment="none"``) trains without
+    augmentation; asking for another ``augment`` than the cache's raises, because random
+    augmentation would show the student other pixels than the teacher saw.
+
+    Raises:
+        ValueError: ``augment`` differs from the cache's, the split lacks ``row_index``, rows
+            absent from the cache, or labels that differ from the cached ones (another dataset).
+    """
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if augment is not None and augment != cache.augment:
+        raise ValueError(
+            f"training with augment={augment!r} from a cache of augment={cache.augment!r} views "
+            "would show the student other pixels than the teacher saw. Train with "
+            f"augment={cache.augment!r} (or leave augment unset), or rebuild the cache with "
+            f"cache_teacher_logits(..., augment={augment!r}, num_views=K)"
+            + (" (K > 1)" if augment != "none" else "")
+        )
+    if ROW_INDEX_COLUMN not in split.column_names:
+        raise ValueError(
+            f"the split has no {ROW_INDEX_COLUMN!r} column to join the cache on; columns: "
+            f"{split.column_names}. Load it with hf_kd.data.load_image_dataset"
+        )
+    _check_rows_and_labels(split, cache)
+    transform = build_transforms(
+        preprocessing, train=True, augment=cache.augment, views=cache.views
+    )
+
+    def add_cached_teacher_logits(batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        row_indices = np.asarray(batch[ROW_INDEX_COLUMN], dtype=np.int64)
+        logits = torch.from_numpy(cache.teacher_logits(row_indices))
+        view_indices = torch.randint(cache.num_views, (len(row_indices),))
+        chosen = logits[torch.arange(len(row_indices)), view_indices]
+        return transform(
+            {
+                **batch,
+                VIEW_INDEX_COLUMN: view_indices.tolist(),
+                TEACHER_LOGITS_COLUMN: list(chosen),
+            }
+        )
+
+    return split.with_transform(add_cached_teacher_logits)
+
+
+def _check_rows_and_labels(split: Dataset, cache: TeacherLogitCache) -> None:
+    row_indices, labels = row_indices_and_labels(split)
+    cached_labels = cache.labels[cache.positions(row_indices)]
+    wrong = np.flatnonzero(cached_labels != labels)
+    if len(wrong):
+        shown = ", ".join(
+            f"row_index {row_indices[i]}: label {labels[i]} vs cached {cached_labels[i]}"
+            for i in wrong[:5]
+        )
+        raise ValueError(
+            f"{len(wrong)} row(s) of the split have other labels than in the teacher-logit cache "
+            f"at {cache.path} ({shown}): it was made for another dataset"
+        )
