@@ -1,0 +1,131 @@
+"""Contrastive building blocks for MCLD: similarity embeddings and a blocked InfoNCE.
+
+A similarity ``sim(u, v)`` is computed as the dot product of two *embeddings* ``e(u) . e(v)``,
+so each side is embedded once and a whole similarity matrix is one matrix product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+SIMILARITIES = ("pearson", "cosine", "dot")
+CATEGORY_BLOCK_BYTES = 64 * 2**20
+# A vector whose (centred) norm is below this many float epsilons of its scale is treated as
+# constant: centring a constant vector leaves rounding noise that must not be normalised up.
+DEGENERATE_EPS_FACTOR = 64
+
+
+def similarity_embedding(
+    vectors: Tensor, dim: int, similarity: str, dropped: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Embed the vectors laid out along ``dim`` so that ``sim(u, v) = e(u) . e(v)``.
+
+    * ``pearson``: centre each vector (over its kept entries), then L2-normalise it;
+    * ``cosine``: L2-normalise;
+    * ``dot``: the vector itself.
+
+    ``dropped`` (bool, like ``vectors``) marks entries removed before the similarity: they are
+    left out of the centring and set to 0. Returns the embeddings and a boolean
+    ``nondegenerate`` (``vectors`` with ``dim`` reduced to size 1): ``False`` for a vector with
+    no direction (zero, or constant under ``pearson``), whose embedding is the zero vector
+    with zero gradient.
+    """
+    kept = None if dropped is None else (~dropped).to(vectors.dtype)
+    embedding = vectors if kept is None else vectors * kept
+    if similarity == "dot":
+        return embedding, torch.ones_like(vectors.narrow(dim, 0, 1), dtype=torch.bool)
+    scale = vectors.abs().amax(dim=dim, keepdim=True)
+    if similarity == "pearson":
+        if kept is None:
+            embedding = vectors - vectors.mean(dim=dim, keepdim=True)
+        else:
+            kept_count = kept.sum(dim=dim, keepdim=True).clamp_min(1)
+            kept_mean = embedding.sum(dim=dim, keepdim=True) / kept_count
+            embedding = (vectors - kept_mean) * kept
+    squared_norm = embedding.pow(2).sum(dim=dim, keepdim=True)
+    length = vectors.shape[dim]
+    tolerance = DEGENERATE_EPS_FACTOR * torch.finfo(vectors.dtype).eps * math.sqrt(length) * scale
+    nondegenerate = squared_norm > tolerance.pow(2)
+    # where() keeps rsqrt away from 0 so the discarded branch cannot produce inf * 0 = NaN.
+    inverse_norm = torch.where(nondegenerate, squared_norm, 1.0).rsqrt() * nondegenerate
+    return embedding * inverse_norm, nondegenerate
+
+
+def category_block_size(num_classes: int, element_size: int) -> int:
+    """Rows of the ``[C, C]`` category matrix per block: about 64 MiB of logits a block."""
+    return max(1, min(num_classes, CATEGORY_BLOCK_BYTES // (num_classes * element_size)))
+
+
+class _BlockedInfoNCE(torch.autograd.Function):
+    """``sum_c w_c (log sum_d exp(a_c . b_d + bias_d) - (a_c . b_c + bias_c))``.
+
+    The gradient with respect to the anchors is computed block by block during the forward
+    pass and kept (``[N, C]``), so neither pass holds more than one ``[block, C]`` logits
+    block and the matrix is multiplied only twice. The candidates are constants.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        anchors: Tensor,
+        candidates: Tensor,
+        anchor_weights: Tensor,
+        candidate_bias: Tensor | None,
+        block_size: int,
+    ) -> Tensor:
+        num_vectors = anchors.shape[1]
+        needs_gradient = ctx.needs_input_grad[0]
+        per_anchor = torch.empty(num_vectors, dtype=anchors.dtype, device=anchors.device)
+        anchor_gradient = torch.empty_like(anchors) if needs_gradient else None
+        for start in range(0, num_vectors, block_size):
+            stop = min(start + block_size, num_vectors)
+            logits = anchors[:, start:stop].T @ candidates
+            if candidate_bias is not None:
+                logits += candidate_bias
+            log_probs = logits.log_softmax(dim=1)
+            positive_log_probs = log_probs.diagonal(offset=start)
+            # Anchors of weight 0 may have a -inf positive; they are dropped, never multiplied.
+            per_anchor[start:stop] = torch.where(
+                anchor_weights[start:stop] != 0, -positive_log_probs, 0.0
+            )
+            if needs_gradient:
+                probs = log_probs.exp_()
+                block_weights = anchor_weights[start:stop]
+                # d/da_c = w_c (sum_d p_cd b_d - b_c)
+                anchor_gradient[:, start:stop] = (
+                    candidates @ probs.T - candidates[:, start:stop]
+                ) * (block_weights)
+        ctx.save_for_backward(anchor_gradient)
+        return (anchor_weights * per_anchor).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        (anchor_gradient,) = ctx.saved_tensors
+        return grad_output * anchor_gradient, None, None, None, None
+
+
+def blocked_info_nce(
+    anchors: Tensor,
+    candidates: Tensor,
+    anchor_weights: Tensor,
+    candidate_bias: Tensor | None = None,
+    block_size: int | None = None,
+) -> Tensor:
+    """InfoNCE of column ``c`` of ``anchors`` against every column of ``candidates``.
+
+    ``L = sum_c w_c [ log sum_d exp(a_c . b_d + bias_d) - (a_c . b_c + bias_c) ]`` with
+    ``anchors, candidates : [N, V]`` (vectors as columns), the positive of anchor ``c`` being
+    candidate ``c``; ``candidate_bias`` (``[V]``, 0 or ``-inf``) removes candidates. The
+    ``[V, V]`` logits are built ``block_size`` rows at a time (default: about 64 MiB a block),
+    so memory is ``O(block_size * V)``. Gradients reach ``anchors`` only.
+    """
+    if block_size is None:
+        block_size = category_block_size(anchors.shape[1], anchors.element_size())
+    return _BlockedInfoNCE.apply(
+        anchors, candidates.detach(), anchor_weights.detach(), candidate_bias, block_size
+    )
