@@ -6,8 +6,6 @@ so each side is embedded once and a whole similarity matrix is one matrix produc
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -20,7 +18,11 @@ DEGENERATE_EPS_FACTOR = 64
 
 
 def similarity_embedding(
-    vectors: Tensor, dim: int, similarity: str, dropped: Tensor | None = None
+    vectors: Tensor,
+    dim: int,
+    similarity: str,
+    dropped: Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Embed the vectors laid out along ``dim`` so that ``sim(u, v) = e(u) . e(v)``.
 
@@ -29,30 +31,83 @@ def similarity_embedding(
     * ``dot``: the vector itself.
 
     ``dropped`` (bool, like ``vectors``) marks entries removed before the similarity: they are
-    left out of the centring and set to 0. Returns the embeddings and a boolean
-    ``nondegenerate`` (``vectors`` with ``dim`` reduced to size 1): ``False`` for a vector with
-    no direction (zero, or constant under ``pearson``), whose embedding is the zero vector
-    with zero gradient.
+    left out of the centring and set to 0. ``scale`` multiplies the embedding (``1 / tau``
+    folded in for free). Returns the embeddings and a boolean ``nondegenerate`` (``vectors``
+    with ``dim`` reduced to size 1): ``False`` for a vector with no direction (zero, or
+    constant under ``pearson``), whose embedding is the zero vector with zero gradient.
     """
     kept = None if dropped is None else (~dropped).to(vectors.dtype)
-    embedding = vectors if kept is None else vectors * kept
     if similarity == "dot":
+        embedding = vectors * scale if kept is None else vectors * (kept * scale)
         return embedding, torch.ones_like(vectors.narrow(dim, 0, 1), dtype=torch.bool)
-    scale = vectors.abs().amax(dim=dim, keepdim=True)
-    if similarity == "pearson":
-        if kept is None:
-            embedding = vectors - vectors.mean(dim=dim, keepdim=True)
+    return _NormalizedEmbedding.apply(vectors, dim, similarity == "pearson", kept, scale)
+
+
+class _NormalizedEmbedding(torch.autograd.Function):
+    """``e(x) = k c / |c|`` with ``c = (x - mean_kept(x)) * kept`` (or ``x * kept`` uncentred).
+
+    Fused forward and analytic backward: with ``u = c / |c|``,
+    ``dL/dc = (k / |c|) (g - u (u . g))`` and the centring gives
+    ``dL/dx = (dL/dc - mean_kept(dL/dc)) * kept``. That is a handful of passes over the data
+    where autograd would record a dozen elementwise operations.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        vectors: Tensor,
+        dim: int,
+        centre: bool,
+        kept: Tensor | None,
+        scale: float,
+    ) -> tuple[Tensor, Tensor]:
+        embedding = vectors if kept is None else vectors * kept
+        if centre:
+            embedding = vectors - _kept_mean(embedding, dim, kept)
+            if kept is not None:
+                embedding.mul_(kept)
+        norm = torch.linalg.vector_norm(embedding, dim=dim, keepdim=True)
+        raw_norm = torch.linalg.vector_norm(vectors, dim=dim, keepdim=True)
+        # Centring a constant vector leaves rounding noise: call a vector degenerate when its
+        # (centred) norm is within a few float epsilons of its raw norm.
+        tolerance = DEGENERATE_EPS_FACTOR * torch.finfo(vectors.dtype).eps
+        nondegenerate = norm > tolerance * raw_norm
+        inverse_norm = torch.where(nondegenerate, norm, 1.0).reciprocal_().mul_(nondegenerate)
+        inverse_norm.mul_(scale)
+        if embedding is vectors:
+            embedding = vectors * inverse_norm
         else:
-            kept_count = kept.sum(dim=dim, keepdim=True).clamp_min(1)
-            kept_mean = embedding.sum(dim=dim, keepdim=True) / kept_count
-            embedding = (vectors - kept_mean) * kept
-    squared_norm = embedding.pow(2).sum(dim=dim, keepdim=True)
-    length = vectors.shape[dim]
-    tolerance = DEGENERATE_EPS_FACTOR * torch.finfo(vectors.dtype).eps * math.sqrt(length) * scale
-    nondegenerate = squared_norm > tolerance.pow(2)
-    # where() keeps rsqrt away from 0 so the discarded branch cannot produce inf * 0 = NaN.
-    inverse_norm = torch.where(nondegenerate, squared_norm, 1.0).rsqrt() * nondegenerate
-    return embedding * inverse_norm, nondegenerate
+            embedding.mul_(inverse_norm)
+        ctx.dim, ctx.centre, ctx.scale = dim, centre, scale
+        ctx.save_for_backward(embedding, inverse_norm, kept)
+        ctx.mark_non_differentiable(nondegenerate)
+        return embedding, nondegenerate
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, grad_embedding: Tensor, _grad_nondegenerate: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        embedding, inverse_norm, kept = ctx.saved_tensors
+        dim = ctx.dim
+        # e = k u, so (k / |c|) u (u . g) = (inverse_norm (e . g) / k^2) e.
+        projection = torch.linalg.vecdot(embedding, grad_embedding, dim=dim).unsqueeze(dim)
+        grad = grad_embedding * inverse_norm
+        grad.addcmul_(embedding, inverse_norm * projection / ctx.scale**2, value=-1)
+        if kept is not None:
+            grad.mul_(kept)
+        if ctx.centre:
+            grad -= _kept_mean(grad, dim, kept)
+            if kept is not None:
+                grad.mul_(kept)
+        return grad, None, None, None, None
+
+
+def _kept_mean(masked_vectors: Tensor, dim: int, kept: Tensor | None) -> Tensor:
+    """Mean over the kept entries of vectors whose dropped entries are already 0."""
+    if kept is None:
+        return masked_vectors.mean(dim=dim, keepdim=True)
+    return masked_vectors.sum(dim=dim, keepdim=True) / kept.sum(dim=dim, keepdim=True).clamp_min(1)
 
 
 def category_block_size(num_classes: int, element_size: int) -> int:

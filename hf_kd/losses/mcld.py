@@ -52,13 +52,20 @@ def row_contrast_terms(
     mask_target_entry = target_mask and target_mask_variant == "target_entry"
     dropped = label_mask(labels, num_classes) if mask_target_entry else None
     student_rows, _ = similarity_embedding(student_logits, 1, similarity, dropped)
-    teacher_rows, _ = similarity_embedding(teacher_logits.detach(), 1, similarity, dropped)
-    teacher_ids = torch.stack((labels, teacher_logits.argmax(dim=1)), dim=1)
+    # 1/tau is folded into the teacher side, which needs no gradient.
+    teacher_rows, _ = similarity_embedding(
+        teacher_logits.detach(), 1, similarity, dropped, scale=1 / tau
+    )
+    # The teacher's top-1 class is only read by the teacher_prediction positives.
+    if sample_positives == "teacher_prediction":
+        teacher_ids = torch.stack((labels, teacher_logits.argmax(dim=1)), dim=1)
+    else:
+        teacher_ids = labels[:, None]
     if gather_across_ranks:
         gathered = gather_rows_across_ranks(teacher_rows, teacher_ids)
     else:
         gathered = GatheredRows(teacher_rows, teacher_ids, valid=None, offset=0)
-    logits = (student_rows / tau) @ gathered.rows.T
+    logits = student_rows @ gathered.rows.T
     if gathered.valid is not None:
         logits = logits.masked_fill(~gathered.valid, float("-inf"))
     column = torch.arange(logits.shape[1], device=logits.device)
@@ -81,8 +88,9 @@ def row_contrast_terms(
         else:
             computed["instance"] = student_to_teacher
     if "sample" in terms:
-        ids_column = 0 if sample_positives == "label" else 1
-        positives = teacher_ids[:, None, ids_column] == gathered.integers[None, :, ids_column]
+        positives = same_class
+        if sample_positives == "teacher_prediction":
+            positives = teacher_ids[:, None, 1] == gathered.integers[None, :, 1]
         if gathered.valid is not None:
             positives = positives & gathered.valid
         log_probs = logits.log_softmax(dim=1).masked_fill(~positives, 0.0)
@@ -111,7 +119,7 @@ def category_contrast_term(
     num_classes = student_logits.shape[1]
     student_columns, student_has_direction = similarity_embedding(student_logits, 0, similarity)
     teacher_columns, teacher_has_direction = similarity_embedding(
-        teacher_logits.detach(), 0, similarity
+        teacher_logits.detach(), 0, similarity, scale=1 / tau
     )
     anchors = (student_has_direction & teacher_has_direction).squeeze(0)
     candidate_bias = None
@@ -122,7 +130,7 @@ def category_contrast_term(
         candidate_bias = torch.zeros_like(student_columns[0]).masked_fill(~present, float("-inf"))
     anchor_weights = anchors.to(student_columns.dtype) / anchors.sum().clamp_min(1)
     return blocked_info_nce(
-        student_columns / tau, teacher_columns, anchor_weights, candidate_bias, category_block_size
+        student_columns, teacher_columns, anchor_weights, candidate_bias, category_block_size
     )
 
 
