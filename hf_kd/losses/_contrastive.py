@@ -11,7 +11,9 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 SIMILARITIES = ("pearson", "cosine", "dot")
-CATEGORY_BLOCK_BYTES = 64 * 2**20
+# About 8 MiB of logits per block: cache-friendly, yet each block is a large matrix product.
+CATEGORY_BLOCK_BYTES = 8 * 2**20
+MIN_CATEGORY_BLOCK_ROWS = 64
 # A vector whose (centred) norm is below this many float epsilons of its scale is treated as
 # constant: centring a constant vector leaves rounding noise that must not be normalised up.
 DEGENERATE_EPS_FACTOR = 64
@@ -111,8 +113,9 @@ def _kept_mean(masked_vectors: Tensor, dim: int, kept: Tensor | None) -> Tensor:
 
 
 def category_block_size(num_classes: int, element_size: int) -> int:
-    """Rows of the ``[C, C]`` category matrix per block: about 64 MiB of logits a block."""
-    return max(1, min(num_classes, CATEGORY_BLOCK_BYTES // (num_classes * element_size)))
+    """Rows of the ``[C, C]`` category matrix per block: about 8 MiB of logits a block."""
+    rows = max(MIN_CATEGORY_BLOCK_ROWS, CATEGORY_BLOCK_BYTES // (num_classes * element_size))
+    return min(num_classes, rows)
 
 
 class _BlockedInfoNCE(torch.autograd.Function):
@@ -176,7 +179,7 @@ def blocked_info_nce(
     ``L = sum_c w_c [ log sum_d exp(a_c . b_d + bias_d) - (a_c . b_c + bias_c) ]`` with
     ``anchors, candidates : [N, V]`` (vectors as columns), the positive of anchor ``c`` being
     candidate ``c``; ``candidate_bias`` (``[V]``, 0 or ``-inf``) removes candidates. The
-    ``[V, V]`` logits are built ``block_size`` rows at a time (default: about 64 MiB a block),
+    ``[V, V]`` logits are built ``block_size`` rows at a time (default: about 8 MiB a block),
     so memory is ``O(block_size * V)``. Gradients reach ``anchors`` only.
     """
     if block_size is None:

@@ -224,7 +224,7 @@ class MCLDLoss(DistillationLoss):
     * ``category_warmup_epochs``: linear ramp of the category term over 1-based,
       possibly fractional epochs (``epoch=None``: finished; 0: no warm-up).
     * ``category_block_size``: rows of the ``[C, C]`` matrix per block (default: about
-      64 MiB a block), so memory is ``O(block * C)`` even for ImageNet-21k.
+      8 MiB a block), so memory is ``O(block * C)`` even for ImageNet-21k.
     * ``gather_across_ranks``: all-gather teacher rows and labels from every
       ``torch.distributed`` rank so the row terms contrast against the global batch (no-op
       when not initialised). The category term and the teacher-to-student half of the
