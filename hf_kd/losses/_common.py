@@ -1,8 +1,12 @@
-"""Pieces shared by several losses: dtype handling, input checks, z-scores, masks."""
+"""Pieces shared by several losses: dtype handling, checks, z-scores, masks, stable KLs."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
@@ -63,6 +67,31 @@ def check_logits_and_labels(
             )
 
 
+def check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """``value`` as a finite float that is > 0 (>= 0 with ``allow_zero``), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return number
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` if it is a bool, else ``ValueError``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Collection[str]) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return str(value)
+
+
 def standardize_logits(logits: Tensor) -> Tensor:
     """Logit standardisation (Sun et al., CVPR 2024), row-wise over classes.
 
@@ -76,4 +105,55 @@ def standardize_logits(logits: Tensor) -> Tensor:
 
 def target_mask(labels: Tensor, num_classes: int) -> Tensor:
     """Boolean ``[N, C]`` one-hot of the labels."""
-    return torch.nn.functional.one_hot(labels, num_classes).bool()
+    return F.one_hot(labels, num_classes).bool()
+
+
+def kl_divergence_rows(teacher_log_probs: Tensor, student_log_probs: Tensor) -> Tensor:
+    """Row-wise ``KL(p_t || q_s) = sum_c p_t,c (log p_t,c - log q_s,c)``, shape ``[N]``.
+
+    Both arguments are finite log-probabilities; a teacher entry whose probability
+    underflows to zero contributes ``0``.
+    """
+    return F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True).sum(1)
+
+
+def binary_log_probs(logits: Tensor, index: Tensor) -> Tensor:
+    """``[log p_k, log(1 - p_k)]`` of class ``k = index[i]`` against all others, ``[N, 2]``.
+
+    With ``p = softmax(logits)``, both entries are a log-sum-exp over their group of classes
+    minus the log-sum-exp of the row. The official DKD/RLD code takes ``log`` of summed
+    probabilities instead, which is ``log 0 = -inf`` for a confident float32 row; the two
+    agree wherever the official value is finite. Needs ``C >= 2``.
+    """
+    chosen = target_mask(index, logits.shape[1])
+    row_normalizer = logits.logsumexp(dim=1, keepdim=True)
+    chosen_logit = logits.gather(1, index[:, None])
+    others = logits.masked_fill(chosen, float("-inf")).logsumexp(dim=1, keepdim=True)
+    return torch.cat((chosen_logit, others), dim=1) - row_normalizer
+
+
+def kl_divergence_rows_excluding(
+    teacher_logits: Tensor, student_logits: Tensor, excluded: Tensor
+) -> Tensor:
+    """Row-wise ``KL(softmax(t_i) || softmax(s_i))`` over the classes not ``excluded``, ``[N]``.
+
+    Excluded classes are removed exactly (``-inf`` before the softmax, their terms dropped),
+    not pushed down by a finite shift; they receive no gradient. A row whose every class is
+    excluded contributes exactly 0 with zero gradient (as both rows are then uniform in the
+    official ``-1e9`` fill, whose KL is 0).
+    """
+    keeps_some = (~excluded).any(dim=1, keepdim=True)
+    dropped = excluded & keeps_some
+    teacher_log_probs = masked_log_softmax(teacher_logits, dropped, excluded)
+    student_log_probs = masked_log_softmax(student_logits, dropped, excluded)
+    teacher_probs = teacher_log_probs.exp().masked_fill(excluded, 0.0)
+    return (teacher_probs * (teacher_log_probs - student_log_probs)).sum(dim=1)
+
+
+def masked_log_softmax(logits: Tensor, dropped: Tensor, excluded: Tensor) -> Tensor:
+    """``log_softmax`` over the entries not ``dropped``; ``excluded`` entries are set to 0.
+
+    Setting them to a finite 0 keeps ``-inf - (-inf)`` out of every later product, so
+    neither the value nor the gradient can become NaN.
+    """
+    return logits.masked_fill(dropped, float("-inf")).log_softmax(dim=1).masked_fill(excluded, 0.0)

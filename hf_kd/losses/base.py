@@ -8,7 +8,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from hf_kd.losses._common import check_logits_and_labels, standardize_logits, to_compute_dtype
+from hf_kd.losses._common import (
+    check_flag,
+    check_logits_and_labels,
+    standardize_logits,
+    to_compute_dtype,
+)
 
 
 @dataclass
@@ -17,7 +22,8 @@ class LossOutput:
 
     ``loss`` is the distillation loss alone (no cross-entropy, no outer ``kd_weight``, no
     outer warm-up) and equals ``sum(weights[k] * terms[k])``; each term is a
-    differentiable 0-dim tensor.
+    differentiable 0-dim tensor. A term whose weight is 0 is not computed and is absent
+    from ``terms``.
     """
 
     loss: Tensor
@@ -36,8 +42,8 @@ class DistillationLoss(nn.Module):
 
     def __init__(self, *, logit_standardization: bool = False, check_values: bool = True):
         super().__init__()
-        self.logit_standardization = logit_standardization
-        self.check_values = check_values
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
+        self.check_values = check_flag("check_values", check_values)
 
     def compute_terms(
         self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: float | None
@@ -45,8 +51,13 @@ class DistillationLoss(nn.Module):
         raise NotImplementedError
 
     def term_weights(self, epoch: float | None) -> dict[str, float]:
-        """The weight of each term in ``loss``; a term with weight 0 may be skipped."""
+        """The weight of each term in ``loss``; a term with weight 0 is skipped."""
         return dict.fromkeys(self.term_names, 1.0)
+
+    def active_terms(self, epoch: float | None) -> tuple[str, ...]:
+        """The terms with a non-zero weight at ``epoch``: the ones worth computing."""
+        weights = self.term_weights(epoch)
+        return tuple(name for name in self.term_names if weights[name] != 0)
 
     def forward(
         self,
@@ -69,7 +80,7 @@ class DistillationLoss(nn.Module):
             if self.logit_standardization:
                 student = standardize_logits(student)
                 teacher = standardize_logits(teacher)
-            terms = self.compute_terms(student, teacher, labels, epoch)
+            terms = self.compute_terms(student, teacher, labels.long(), epoch)
             weights = self.term_weights(epoch)
             loss = sum(weights[name] * value for name, value in terms.items())
             if not isinstance(loss, Tensor):

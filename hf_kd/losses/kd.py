@@ -5,16 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from hf_kd.losses._common import check_positive, kl_divergence_rows
 from hf_kd.losses.base import DistillationLoss
 from hf_kd.losses.registry import register_loss
-
-
-def kl_divergence_rows(teacher_log_probs: Tensor, student_log_probs: Tensor) -> Tensor:
-    """Row-wise ``KL(p_t || q_s) = sum_c p_t,c (log p_t,c - log q_s,c)``, shape ``[N]``.
-
-    ``0 log 0 = 0`` for teacher entries of probability zero.
-    """
-    return F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True).sum(1)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -44,9 +37,7 @@ class KDLoss(DistillationLoss):
         check_values: bool = True,
     ):
         super().__init__(logit_standardization=logit_standardization, check_values=check_values)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = check_positive("temperature", temperature)
 
     def compute_terms(
         self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, epoch: float | None
