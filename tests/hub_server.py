@@ -22,9 +22,10 @@ Writes need ``Authorization: Bearer <token>``; private repos need it for reads t
 ``main`` branch exists; any earlier commit sha is a valid revision.
 
 ``huggingface_hub`` reads ``HF_ENDPOINT`` and friends once, at import, and a module-level
-``HfApi`` keeps the endpoint it saw then, so the clients of this server run in a fresh
-subprocess with :meth:`LoopbackHub.client_env` as environment (the ``loopback_hub`` fixture
-also sets it on ``os.environ`` for subprocesses started without ``env=``).
+``HfApi`` keeps the endpoint it saw then (as do transformers and timm through it), so the
+clients of this server run in a fresh subprocess with :meth:`LoopbackHub.client_env` in its
+environment. :meth:`LoopbackHub.add_folder` seeds a repo in-process, for tests whose subject
+is not the upload itself.
 """
 
 from __future__ import annotations
@@ -243,6 +244,24 @@ class LoopbackHub:
             if commit is None:
                 raise KeyError(f"{repo_id}: no revision {revision!r}")
             return dict(commit.files)
+
+    def add_folder(self, repo_id: str, folder: Path, *, private: bool = False) -> str:
+        """Create ``repo_id`` holding the files of ``folder`` (no HTTP); returns the commit."""
+        with self._lock:
+            namespace, name = repo_id.split("/")
+            visibility = "private" if private else "public"
+            self.create_repo({"name": name, "organization": namespace, "visibility": visibility})
+            repo = self.repos[repo_id]
+            files = dict(repo.head.files)
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    relative = path.relative_to(folder).as_posix()
+                    files[relative] = StoredFile(
+                        path.read_bytes(), is_lfs=relative.lower().endswith(LFS_SUFFIXES)
+                    )
+            oid = self._new_commit_oid(repo_id, "seed")
+            repo.commits.append(Commit(oid, "seed", files, datetime.now(timezone.utc)))
+            return oid
 
     def _repo(self, repo_id: str) -> Repo:
         repo = self.repos.get(repo_id)
@@ -615,14 +634,12 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
     return HubRequestHandler
 
 
-@pytest.fixture
-def loopback_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackHub]:
-    """A running :class:`LoopbackHub`; ``os.environ`` points subprocesses at it.
+@pytest.fixture(scope="module")
+def loopback_hub() -> Iterator[LoopbackHub]:
+    """A running :class:`LoopbackHub`, shared by a test module (tests use distinct repo ids).
 
-    The variables are set with ``monkeypatch`` (undone after the test) and a temporary
-    ``HF_HOME``, so nothing touches the user's cache or token.
+    Clients run in subprocesses started with ``env={**os.environ, **hub.client_env(home)}``
+    and a temporary ``home``, so nothing touches the user's cache, token or environment.
     """
     with LoopbackHub() as hub:
-        for name, value in hub.client_env(tmp_path / "hf_home").items():
-            monkeypatch.setenv(name, value)
         yield hub
