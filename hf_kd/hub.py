@@ -24,13 +24,16 @@ when loading (its ``timm_wrapper`` key mapping), so both loaders get identical w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from huggingface_hub import HfApi
 from timm.models import save_for_hf
 from transformers import BaseImageProcessor, PreTrainedModel
+from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
 from hf_kd.image_processors import (
     image_processor_for,
@@ -38,6 +41,7 @@ from hf_kd.image_processors import (
     preprocessing_from_image_processor,
     timm_data_config,
 )
+from hf_kd.model_card import read_student_card, write_model_card
 from hf_kd.preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
@@ -65,12 +69,7 @@ def save_student(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if is_timm_model(model):
-        preprocessing = (
-            image_processor
-            if isinstance(image_processor, ImagePreprocessing) or image_processor is None
-            else preprocessing_from_image_processor(image_processor)
-        )
-        save_timm_student(model, output_dir, preprocessing=preprocessing)
+        save_timm_student(model, output_dir, data_config=_timm_data_config(image_processor))
         return output_dir
     model.save_pretrained(output_dir)
     if isinstance(image_processor, ImagePreprocessing):
@@ -80,17 +79,30 @@ def save_student(
     return output_dir
 
 
+def _timm_data_config(
+    image_processor: BaseImageProcessor | ImagePreprocessing | None,
+) -> Mapping[str, object] | None:
+    if image_processor is None:
+        return None
+    if isinstance(image_processor, TimmWrapperImageProcessor):
+        return image_processor.data_config  # keeps timm's crop settings as they are
+    if isinstance(image_processor, BaseImageProcessor):
+        image_processor = preprocessing_from_image_processor(image_processor)
+    return timm_data_config(image_processor)
+
+
 def save_timm_student(
     model: PreTrainedModel,
     output_dir: str | Path,
     *,
-    preprocessing: ImagePreprocessing | None = None,
+    data_config: Mapping[str, object] | None = None,
 ) -> Path:
     """Save a ``TimmWrapper`` student so that transformers and timm both load it.
 
-    ``preprocessing`` (input size, mean, std, interpolation) goes into ``pretrained_cfg``;
-    when ``None`` the ``pretrained_cfg`` already in the model's config is kept (a student
-    loaded from an hf-kd or timm export), else the architecture's default.
+    ``data_config`` is a timm data config (input size, mean, std, interpolation, crop; see
+    :func:`hf_kd.image_processors.timm_data_config`) written into ``pretrained_cfg``; when
+    ``None`` the ``pretrained_cfg`` already in the model's config is kept (a student loaded
+    from an hf-kd or timm export), else the architecture's default.
     """
     if not is_timm_model(model):
         raise ValueError(
@@ -98,18 +110,15 @@ def save_timm_student(
             "use save_student"
         )
     output_dir = Path(output_dir)
-    data_config = (
-        timm_data_config(preprocessing)
-        if preprocessing is not None
-        else getattr(model.config, "pretrained_cfg", None)
-    )
+    if data_config is None:
+        data_config = getattr(model.config, "pretrained_cfg", None)
     labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
     save_for_hf(
         model.timm_model,
         output_dir,
         model_config={"label_names": labels},
         safe_serialization=True,
-        data_config=data_config,
+        data_config=dict(data_config) if data_config is not None else None,
     )
     config_path = output_dir / "config.json"
     timm_config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -137,7 +146,8 @@ def push_student_to_hub(
 
     Uploads everything :func:`save_student` and the card writer put in ``output_dir``
     (weights, config, image processor, ``README.md``, ``training_curves.png``, results),
-    minus :data:`PUSH_IGNORE_PATTERNS`. Returns the commit URL.
+    minus :data:`PUSH_IGNORE_PATTERNS`. An hf-kd card is first re-rendered when its usage
+    snippets name another repo than the one pushed to. Returns the commit URL.
     """
     output_dir = Path(output_dir)
     if not (output_dir / "config.json").is_file():
@@ -148,6 +158,7 @@ def push_student_to_hub(
         logger.warning("%s has no README.md: the repo will have no model card", output_dir)
     api = HfApi(token=token, library_name="hf-kd")
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+    _point_card_at(output_dir, repo_url.repo_id)
     commit = api.upload_folder(
         repo_id=repo_url.repo_id,
         folder_path=output_dir,
@@ -157,6 +168,13 @@ def push_student_to_hub(
     )
     logger.info("pushed %s to %s", output_dir, commit.commit_url)
     return commit.commit_url
+
+
+def _point_card_at(output_dir: Path, repo_id: str) -> None:
+    """Re-render an hf-kd card whose usage snippets name another repo (or none)."""
+    card = read_student_card(output_dir)
+    if card is not None and card.repo_id != repo_id:
+        write_model_card(dataclasses.replace(card, repo_id=repo_id), output_dir)
 
 
 def push_files_to_hub(

@@ -82,7 +82,7 @@ def pixel_batch() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-def student_card(model: torch.nn.Module, name: str, repo_id: str) -> StudentCard:
+def student_card(model: torch.nn.Module, name: str, repo_id: str | None) -> StudentCard:
     return StudentCard(
         model_name=name,
         student=ModelSummary.of(model, name),
@@ -141,6 +141,13 @@ def test_timm_student_reloaded_by_transformers_re_exports_its_preprocessing(tmp_
         assert torch.equal(via_timm(inputs), model(pixel_values=inputs).logits)
     second = AutoModelForImageClassification.from_pretrained(tmp_path / "second")
     assert model_preprocessing(second) == PREPROCESSING
+    # the processor transformers builds for a timm repo carries timm's full data config
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "second")
+    save_student(second, tmp_path / "third", image_processor=processor)
+    third = json.loads((tmp_path / "third" / "config.json").read_text())["pretrained_cfg"]
+    first = json.loads((tmp_path / "first" / "config.json").read_text())["pretrained_cfg"]
+    for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode"):
+        assert third[key] == first[key], key
 
 
 def test_transformers_student_export_writes_its_image_processor(tmp_path):
@@ -195,7 +202,8 @@ def pushed_students(loopback_hub, tmp_path_factory):
     for repo_id, model in students.items():
         folder = work / repo_id.split("/")[1]
         save_student(model, folder, image_processor=PREPROCESSING)
-        card = student_card(model, repo_id.split("/")[1], repo_id)
+        # the ViT card names no repo yet: pushing points its usage snippets at the repo
+        card = student_card(model, repo_id.split("/")[1], repo_id if repo_id == TIMM_REPO else None)
         write_model_card(card, folder, log_history=LOG_HISTORY)
         (folder / "checkpoint-10").mkdir()
         (folder / "checkpoint-10" / "optimizer.pt").write_bytes(b"not for the hub")
@@ -278,6 +286,7 @@ def test_transformers_student_pushed_to_the_hub_reloads_with_its_processor(pushe
     }
     assert report["card_data"]["library_name"] == "transformers"
     assert "timm.create_model" not in report["card_text"]
+    assert f'AutoModelForImageClassification.from_pretrained("{VIT_REPO}")' in report["card_text"]
 
 
 def test_transfer_eval_push_adds_the_result_to_the_hub_card(loopback_hub, tmp_path):
@@ -341,3 +350,18 @@ def write_tiny_image_dataset(path: Path) -> None:
         images = [Image.new("RGB", (40, 40), colours[label]) for label in labels]
         dataset = Dataset.from_dict({"image": images, "label": labels}, features=features)
         dataset.to_parquet(path / "data" / f"{split}-00000-of-00001.parquet")
+
+
+def test_loopback_metadata_validator_rejects_a_malformed_model_index():
+    from tests.hub_server import metadata_errors  # imported once pytest loaded it as a plugin
+
+    good = (
+        "---\nlicense: mit\nmodel-index:\n- name: m\n  results:\n  - task: {type: t}\n"
+        "    dataset: {type: d, name: D}\n    metrics: [{type: accuracy, value: 0.5}]\n---\n"
+    )
+    assert metadata_errors(good) == []
+    assert metadata_errors(good.replace("{type: accuracy, value: 0.5}", "{value: 0.5}")) == [
+        "each metric needs 'type' and 'value'"
+    ]
+    assert metadata_errors("---\ntags: [1, 2]\n---\n") == ["'tags' must be a list of strings"]
+    assert metadata_errors("---\nkey: [unclosed\n---\n")[0].startswith("invalid YAML")
