@@ -29,6 +29,7 @@ from hf_kd.hub import push_student_to_hub, save_student
 from hf_kd.image_processors import model_preprocessing, preprocessing_from_image_processor
 from hf_kd.model_card import ModelSummary, StudentCard, TrainingSetup, write_model_card
 from hf_kd.preprocessing import ImagePreprocessing
+from tests.hub_metadata import metadata_errors
 
 if TYPE_CHECKING:
     from tests.hub_server import LoopbackHub
@@ -353,8 +354,6 @@ def write_tiny_image_dataset(path: Path) -> None:
 
 
 def test_loopback_metadata_validator_rejects_a_malformed_model_index():
-    from tests.hub_server import metadata_errors  # imported once pytest loaded it as a plugin
-
     good = (
         "---\nlicense: mit\nmodel-index:\n- name: m\n  results:\n  - task: {type: t}\n"
         "    dataset: {type: d, name: D}\n    metrics: [{type: accuracy, value: 0.5}]\n---\n"

@@ -24,7 +24,7 @@ from hf_kd.model_card import (
 from hf_kd.plots import training_curves
 from hf_kd.speed import InferenceSpeed, count_parameters, measure_inference_speed
 from hf_kd.transfer import LinearProbeConfig, TransferResult
-from tests.hub_server import metadata_errors
+from tests.hub_metadata import metadata_errors
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
