@@ -112,6 +112,12 @@ def save_timm_student(
     output_dir = Path(output_dir)
     if data_config is None:
         data_config = getattr(model.config, "pretrained_cfg", None)
+    if data_config is None:
+        logger.warning(
+            "no preprocessing given for the timm student %s: its export carries the "
+            "architecture's default input size and normalisation; pass image_processor",
+            model.config.architecture,
+        )
     labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
     save_for_hf(
         model.timm_model,
