@@ -170,13 +170,13 @@ class StudentCard:
 # -- metadata --------------------------------------------------------------------------------
 
 
-def is_hub_dataset_id(name: str) -> bool:
-    """Whether ``name`` looks like a Hub dataset id (``owner/name``) rather than a local path."""
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` looks like a Hub repo id (``owner/name``) rather than a local path."""
     return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
 
 
 def _dataset_type(name: str) -> str:
-    return name if is_hub_dataset_id(name) else Path(name).name or name
+    return name if is_hub_id(name) else Path(name).name or name
 
 
 def transfer_eval_result(result: TransferResult) -> EvalResult:
@@ -220,8 +220,8 @@ def card_metadata(card: StudentCard) -> ModelCardData:
         library_name=card.student.library,
         pipeline_tag=TASK,
         tags=tags,
-        datasets=[card.training.dataset] if is_hub_dataset_id(card.training.dataset) else None,
-        base_model=card.teacher.name if is_hub_dataset_id(card.teacher.name) else None,
+        datasets=[card.training.dataset] if is_hub_id(card.training.dataset) else None,
+        base_model=card.teacher.name if is_hub_id(card.teacher.name) else None,
         license=card.license,
         metrics=["accuracy"],
         eval_results=eval_results or None,
@@ -231,8 +231,8 @@ def card_metadata(card: StudentCard) -> ModelCardData:
 # -- body ------------------------------------------------------------------------------------
 
 
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}%"
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
 
 
 def _count(parameters: int) -> str:
@@ -246,34 +246,16 @@ def _value(value: object) -> str:
 def template_context(card: StudentCard) -> dict[str, Any]:
     """The variables of ``model_cards/student_card.md``, formatted for display."""
     method = method_info(card.method)
-    results = []
-    if card.eval_accuracy is not None:
-        results.append(
-            (
-                "Student (top-1)",
-                card.training.dataset,
-                card.eval_split,
-                _percent(card.eval_accuracy),
-            )
-        )
-    if card.eval_top5_accuracy is not None:
-        results.append(
-            (
-                "Student (top-5)",
-                card.training.dataset,
-                card.eval_split,
-                _percent(card.eval_top5_accuracy),
-            )
-        )
-    if card.teacher_eval_accuracy is not None:
-        results.append(
-            (
-                "Teacher (top-1)",
-                card.training.dataset,
-                card.eval_split,
-                _percent(card.teacher_eval_accuracy),
-            )
-        )
+    accuracies = [
+        ("Student (top-1)", card.eval_accuracy),
+        ("Student (top-5)", card.eval_top5_accuracy),
+        ("Teacher (top-1)", card.teacher_eval_accuracy),
+    ]
+    results = [
+        (label, card.training.dataset, card.eval_split, _percent(value))
+        for label, value in accuracies
+        if value is not None
+    ]
     results += [
         (
             f"Linear probe ({result.num_classes} classes)",
