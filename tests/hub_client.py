@@ -1,0 +1,75 @@
+"""Push saved students to a Hub endpoint and load them back, as a user's fresh process would.
+
+Run by the Hub tests in a subprocess whose environment points ``huggingface_hub`` at the
+loopback server (``HF_ENDPOINT`` etc. are read at import, so a fresh process is the robust
+way to aim every library at it; one process serves several students to pay the imports once):
+
+    python tests/hub_client.py --jobs jobs.json --inputs in.safetensors --outputs out_dir
+
+``jobs.json`` is a list of ``{"folder", "repo_id", "timm", "private"}``. For job ``i`` it
+writes to ``out_dir/i/``: ``logits.safetensors`` (``transformers`` and, for timm students,
+``timm`` logits of the ``pixel_values`` in ``--inputs``) and ``report.json`` (pushed commit
+URL, repo files, the card's metadata and eval results, the image processor's preprocessing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import timm
+import torch
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file, save_file
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from hf_kd.hub import push_student_to_hub
+from hf_kd.image_processors import preprocessing_from_image_processor
+
+
+def push_and_pull(job: dict, pixel_values: torch.Tensor, outputs: Path) -> None:
+    commit_url = push_student_to_hub(job["folder"], job["repo_id"], private=job["private"])
+    logits = {}
+    model = AutoModelForImageClassification.from_pretrained(job["repo_id"]).eval()
+    with torch.no_grad():
+        logits["transformers"] = model(pixel_values=pixel_values).logits
+    if job["timm"]:
+        timm_model = timm.create_model(f"hf-hub:{job['repo_id']}", pretrained=True).eval()
+        with torch.no_grad():
+            logits["timm"] = timm_model(pixel_values)
+    preprocessing = preprocessing_from_image_processor(
+        AutoImageProcessor.from_pretrained(job["repo_id"])
+    )
+    card = ModelCard.load(job["repo_id"])
+    report = {
+        "commit_url": commit_url,
+        "files": sorted(HfApi().list_repo_files(job["repo_id"])),
+        "card_data": card.data.to_dict(),
+        "eval_results": [dataclasses.asdict(result) for result in card.data.eval_results or []],
+        "card_text": card.text,
+        "id2label": {str(key): value for key, value in model.config.id2label.items()},
+        "preprocessing": dataclasses.asdict(preprocessing),
+    }
+    outputs.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {name: tensor.contiguous() for name, tensor in logits.items()},
+        outputs / "logits.safetensors",
+    )
+    (outputs / "report.json").write_text(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", required=True)
+    parser.add_argument("--inputs", required=True)
+    parser.add_argument("--outputs", required=True)
+    args = parser.parse_args()
+    pixel_values = load_file(args.inputs)["pixel_values"]
+    for index, job in enumerate(json.loads(Path(args.jobs).read_text())):
+        push_and_pull(job, pixel_values, Path(args.outputs) / str(index))
+
+
+if __name__ == "__main__":
+    main()
