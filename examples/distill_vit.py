@@ -4,7 +4,7 @@
     accelerate launch examples/distill_vit.py --help               # every option
 
 With no arguments the whole story runs offline on ``digits`` (scikit-learn's real 8x8
-handwritten digits, upscaled to 32x32 RGB): a small CNN teacher (timm ``resnet18``) is
+handwritten digits, upscaled to 32x32 RGB): a small CNN teacher (timm ``resnet10t``) is
 trained first and saved under ``<output_dir>/teacher`` (reused by the next run), then a
 small timm ViT student is distilled from it with MCLD, evaluated on the test split and
 saved with its image processor to ``--output_dir`` (default ``outputs/distill_vit``), with
@@ -52,10 +52,10 @@ logger = logging.getLogger(__name__)
 # Defaults of the offline story; any of them can be overridden on the command line.
 DEFAULT_ARGUMENTS = [
     "--output_dir", "outputs/distill_vit",
-    "--num_train_epochs", "30",
+    "--num_train_epochs", "20",
     "--per_device_train_batch_size", "64",
     "--per_device_eval_batch_size", "256",
-    "--learning_rate", "2e-3",
+    "--learning_rate", "3e-3",
     "--weight_decay", "0.05",
     "--warmup_steps", "0.1",
     "--lr_scheduler_type", "cosine",
@@ -78,11 +78,11 @@ class ModelArguments:
         metadata={"help": "Student: a timm name, a transformers model type, Hub id or folder."},
     )
     student_model_kwargs: str = field(
-        default='{"img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3}',
+        default='{"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}',
         metadata={
             "help": "JSON dict of architecture arguments for the student (timm create_model "
             "kwargs or transformers config attributes). The default is a 4-block ViT for "
-            "32x32 inputs; pass '{}' for a checkpoint's own architecture."
+            "32x32 inputs (8x8 patches); pass '{}' for a checkpoint's own architecture."
         },
     )
     student_pretrained: bool = field(
@@ -98,11 +98,11 @@ class ModelArguments:
         },
     )
     teacher_architecture: str = field(
-        default="resnet18",
+        default="resnet10t",
         metadata={"help": "timm architecture of the teacher trained when none is given."},
     )
     teacher_num_train_epochs: float = field(
-        default=10.0, metadata={"help": "Epochs of the teacher trained when none is given."}
+        default=5.0, metadata={"help": "Epochs of the teacher trained when none is given."}
     )
     teacher_learning_rate: float = field(
         default=2e-3, metadata={"help": "Learning rate of the teacher trained here."}
