@@ -4,35 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import torch
 from torch import Tensor
 
-from hf_kd.losses._common import (
-    binary_log_probs,
-    check_positive,
-    kl_divergence_rows,
-    kl_divergence_rows_excluding,
-    target_mask,
-)
+from hf_kd.losses._common import check_positive, kl_divergence_rows, target_mask
 from hf_kd.losses.base import DistillationLoss
 from hf_kd.losses.registry import register_loss
 
 DKD_TERMS = ("tckd", "nckd")
 
 
-def target_class_kl_rows(student_scaled: Tensor, teacher_scaled: Tensor, labels: Tensor) -> Tensor:
-    """TCKD per sample: ``KL(b_t,i || b_s,i)`` of the binary target / non-target split, ``[N]``."""
-    return kl_divergence_rows(
-        binary_log_probs(teacher_scaled, labels), binary_log_probs(student_scaled, labels)
-    )
+def decoupled_log_probs(
+    scaled_logits: Tensor, labels: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The two distributions DKD compares, from one masked copy of the logits.
 
-
-def non_target_kl_rows(student_scaled: Tensor, teacher_scaled: Tensor, labels: Tensor) -> Tensor:
-    """NCKD per sample: KL between the softmaxes over the non-target classes only, ``[N]``."""
-    target = target_mask(labels, student_scaled.shape[1])
-    return kl_divergence_rows_excluding(teacher_scaled, student_scaled, target)
-
-
-_TERM_ROWS = {"tckd": target_class_kl_rows, "nckd": non_target_kl_rows}
+    Returns ``[log p_y, log(1 - p_y)]`` (``[N, 2]``, with ``p = softmax(z)``) and the
+    log-softmax over the non-target classes (``[N, C]``, the target entry set to 0). The
+    target is excluded exactly (``-inf``) and ``log(1 - p_y)`` is the log-sum-exp of the
+    non-target logits minus that of the row, finite however confident the row. ``target`` is
+    the one-hot mask of ``labels``.
+    """
+    non_target = scaled_logits.masked_fill(target, float("-inf"))
+    non_target_normalizer = non_target.logsumexp(dim=1, keepdim=True)
+    target_logit = scaled_logits.gather(1, labels[:, None])
+    row_normalizer = torch.logaddexp(target_logit, non_target_normalizer)
+    binary = torch.cat((target_logit, non_target_normalizer), dim=1) - row_normalizer
+    non_target_log_probs = (non_target - non_target_normalizer).masked_fill(target, 0.0)
+    return binary, non_target_log_probs
 
 
 def decoupled_terms(
@@ -45,12 +44,20 @@ def decoupled_terms(
     """``term = (1/N) sum_i w_i KL_i`` for TCKD and NCKD on already temperature-scaled logits.
 
     DKD passes ``logits / T`` and ``w = T^2``; NormKD+DKD passes ``logits / T_i`` and the
-    per-sample ``w_i = T_t,i^2``. Only the requested ``terms`` are computed.
+    per-sample ``w_i = T_t,i^2``. Only the requested ``terms`` are computed. In NCKD both
+    target entries are 0, so the target contributes ``exp(0) (0 - 0) = 0`` to the KL.
     """
-    return {
-        name: (sample_weights * _TERM_ROWS[name](student_scaled, teacher_scaled, labels)).mean()
-        for name in terms
-    }
+    target = target_mask(labels, student_scaled.shape[1])
+    teacher_binary, teacher_non_target = decoupled_log_probs(teacher_scaled, labels, target)
+    student_binary, student_non_target = decoupled_log_probs(student_scaled, labels, target)
+    computed = {}
+    if "tckd" in terms:
+        tckd_rows = kl_divergence_rows(teacher_binary, student_binary)
+        computed["tckd"] = (sample_weights * tckd_rows).mean()
+    if "nckd" in terms:
+        nckd_rows = kl_divergence_rows(teacher_non_target, student_non_target)
+        computed["nckd"] = (sample_weights * nckd_rows).mean()
+    return computed
 
 
 def dkd_terms(

@@ -7,7 +7,7 @@ from collections.abc import Collection
 import torch.nn.functional as F
 from torch import Tensor
 
-from hf_kd.losses._common import STD_EPS, check_positive, kl_divergence_rows
+from hf_kd.losses._common import STD_EPS, centred_and_std, check_positive, kl_divergence_rows
 from hf_kd.losses.base import DistillationLoss
 from hf_kd.losses.dkd import DKD_TERMS, decoupled_terms
 from hf_kd.losses.registry import register_loss
@@ -19,7 +19,8 @@ def normalized_temperatures(logits: Tensor, t_norm: float) -> Tensor:
     The official code has no floor, so a constant logit row gives ``T_i = 0`` and a NaN
     loss; the floor keeps it finite. Gradients flow through the std.
     """
-    return t_norm * logits.std(dim=1, keepdim=True, unbiased=True).clamp_min(STD_EPS)
+    _, std = centred_and_std(logits)
+    return t_norm * std.clamp_min(STD_EPS)
 
 
 def normkd_loss(student_logits: Tensor, teacher_logits: Tensor, t_norm: float) -> Tensor:

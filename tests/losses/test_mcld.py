@@ -210,3 +210,16 @@ def test_gradcheck_every_option(options: dict) -> None:
     assert torch.autograd.gradcheck(
         lambda logits: loss_fn(logits, teacher, LABELS).loss, (student,), eps=1e-6, atol=1e-7
     )
+
+
+def test_a_constant_float32_column_is_degenerate_despite_rounding() -> None:
+    """Centring nine float32 copies of 0.3 (not exact in binary) leaves rounding noise of
+    about 1e-7, which must not be normalised up to a unit vector."""
+    student, teacher, _ = random_batch(9, 5, seed=17, dtype=torch.float32)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 2, 3, 4])
+    student[:, 1] = 0.3
+    output = no_warmup_loss()(student, teacher, labels)
+    student64 = student.double()
+    student64[:, 1] = 0.3  # exactly constant in float64 as well
+    expected = reference_mcld(student64, teacher.double(), labels)
+    assert output.terms["category"].item() == pytest.approx(expected["category"], rel=1e-5)
