@@ -4,7 +4,8 @@
 measured speed-up, method and citation, every hyperparameter, the training setup, eval and
 transfer accuracy). :func:`render_model_card` turns it into a ``README.md``: YAML metadata
 with a ``model-index`` (built with ``huggingface_hub.ModelCardData``, so ``ModelCard``
-parses it back) and a body rendered from the Jinja template ``model_cards/student_card.md``.
+parses it back) and a body rendered from the Jinja template ``student_card.md`` (package
+data in ``hf_kd/templates/``, linked from the repository's ``model_cards/``).
 :func:`write_model_card` writes the card, its training-curves PNG and ``student_card.json``
 (the card's data, so later results such as transfer evaluation can re-render it).
 """
@@ -25,14 +26,14 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from transformers import PreTrainedModel, TrainingArguments
 
 from hf_kd.citations import citations_for, method_info
-from hf_kd.image_processors import is_timm_model
+from hf_kd.models import count_parameters, is_timm_model
 from hf_kd.plots import plot_training_curves
-from hf_kd.speed import InferenceSpeed, count_parameters
+from hf_kd.speed import InferenceSpeed
 from hf_kd.transfer import TransferResult, merge_transfer_results
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "student_card.md"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "student_card.md"
 CARD_DATA_FILE = "student_card.json"
 TRAINING_CURVES_FILE = "training_curves.png"
 TASK = "image-classification"
@@ -56,17 +57,35 @@ TRAINING_HYPERPARAMETERS = (
 
 @dataclass
 class ModelSummary:
-    """A model as a card names it: Hub id, path or architecture, size and library."""
+    """A model as a card names it: Hub id, path or architecture, size and library.
+
+    ``parameters`` and ``library`` are ``None`` when unknown (a teacher seen only through
+    its cached logits).
+    """
 
     name: str
-    parameters: int
-    library: Literal["timm", "transformers"]
+    parameters: int | None
+    library: Literal["timm", "transformers"] | None
 
     @classmethod
-    def of(cls, model: PreTrainedModel, name: str) -> ModelSummary:
+    def of(cls, model: PreTrainedModel, name: str | None = None) -> ModelSummary:
+        """Summarise ``model``; ``name`` defaults to :func:`model_name_of`."""
         return cls(
-            name, count_parameters(model), "timm" if is_timm_model(model) else "transformers"
+            name or model_name_of(model),
+            count_parameters(model),
+            "timm" if is_timm_model(model) else "transformers",
         )
+
+
+def model_name_of(model: PreTrainedModel) -> str:
+    """How a card names a model by default: the Hub id or folder it was loaded from, else
+    its timm architecture, else its transformers model type."""
+    config = model.config
+    if config.name_or_path:
+        return config.name_or_path
+    if is_timm_model(model):
+        return config.architecture
+    return config.model_type or type(model).__name__
 
 
 @dataclass
@@ -235,7 +254,9 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
-def _count(parameters: int) -> str:
+def _count(parameters: int | None) -> str:
+    if parameters is None:
+        return "unknown"
     return f"{parameters / 1e6:.2f}M" if parameters >= 1e5 else f"{parameters / 1e3:.1f}K"
 
 
@@ -244,7 +265,7 @@ def _value(value: object) -> str:
 
 
 def template_context(card: StudentCard) -> dict[str, Any]:
-    """The variables of ``model_cards/student_card.md``, formatted for display."""
+    """The variables of the ``student_card.md`` template, formatted for display."""
     method = method_info(card.method)
     accuracies = [
         ("Student (top-1)", card.eval_accuracy),
@@ -288,7 +309,11 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "teacher": card.teacher,
         "student_parameters": _count(card.student.parameters),
         "teacher_parameters": _count(card.teacher.parameters),
-        "compression": card.teacher.parameters / card.student.parameters,
+        "compression": (
+            card.teacher.parameters / card.student.parameters
+            if card.teacher.parameters and card.student.parameters
+            else None
+        ),
         "speed": card.speed,
         "method": method,
         "method_name": card.method,

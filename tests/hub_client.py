@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_kd.hub import push_student_to_hub
-from hf_kd.image_processors import preprocessing_from_image_processor
+from hf_kd.models import preprocessing_for
 
 
 def push_and_pull(job: dict, pixel_values: torch.Tensor, outputs: Path) -> None:
@@ -39,9 +39,7 @@ def push_and_pull(job: dict, pixel_values: torch.Tensor, outputs: Path) -> None:
         timm_model = timm.create_model(f"hf-hub:{job['repo_id']}", pretrained=True).eval()
         with torch.no_grad():
             logits["timm"] = timm_model(pixel_values)
-    preprocessing = preprocessing_from_image_processor(
-        AutoImageProcessor.from_pretrained(job["repo_id"])
-    )
+    preprocessing = preprocessing_for(model, AutoImageProcessor.from_pretrained(job["repo_id"]))
     card = ModelCard.load(job["repo_id"])
     report = {
         "commit_url": commit_url,
