@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError
+from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 
 from hf_kd.citations import citations_for, method_info
@@ -68,19 +69,21 @@ class ModelSummary:
     library: Literal["timm", "transformers"] | None
 
     @classmethod
-    def of(cls, model: PreTrainedModel, name: str | None = None) -> ModelSummary:
+    def of(cls, model: nn.Module, name: str | None = None) -> ModelSummary:
         """Summarise ``model``; ``name`` defaults to :func:`model_name_of`."""
-        return cls(
-            name or model_name_of(model),
-            count_parameters(model),
-            "timm" if is_timm_model(model) else "transformers",
-        )
+        if is_timm_model(model):
+            library = "timm"
+        else:
+            library = "transformers" if isinstance(model, PreTrainedModel) else None
+        return cls(name or model_name_of(model), count_parameters(model), library)
 
 
-def model_name_of(model: PreTrainedModel) -> str:
+def model_name_of(model: nn.Module) -> str:
     """How a card names a model by default: the Hub id or folder it was loaded from, else
-    its timm architecture, else its transformers model type."""
-    config = model.config
+    its timm architecture, else its transformers model type, else its class."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return type(model).__name__
     if config.name_or_path:
         return config.name_or_path
     if is_timm_model(model):
@@ -127,6 +130,17 @@ class TrainingSetup:
         )
 
 
+def latest_eval_accuracies(
+    log_history: list[dict[str, Any]],
+) -> tuple[float | None, float | None]:
+    """``(eval_accuracy, eval_top5_accuracy)`` of the latest evaluation in a Trainer's
+    ``state.log_history``; ``(None, None)`` before any evaluation."""
+    for entry in reversed(log_history):
+        if "eval_accuracy" in entry:
+            return float(entry["eval_accuracy"]), entry.get("eval_top5_accuracy")
+    return None, None
+
+
 def _plain(value: object) -> object:
     """Enums (optimizer, scheduler names) as their string value, for JSON and the card."""
     return getattr(value, "value", value)
@@ -136,10 +150,11 @@ def _plain(value: object) -> object:
 class StudentCard:
     """Everything the model card of a distilled student states.
 
-    ``ce_weight``, ``kd_weight`` and ``warmup_epochs`` are the training objective's
-    ``total = ce_weight * CE + kd_weight * w(epoch) * loss``; ``loss_hyperparameters`` are
-    the distillation loss's own (``build_loss(method, **loss_hyperparameters)``).
-    Accuracies are fractions in [0, 1].
+    ``ce_weight``, ``kd_weight``, ``warmup_epochs`` and ``warmup_schedule`` are the training
+    objective's ``total = ce_weight * CE + kd_weight * w(epoch) * loss``;
+    ``loss_hyperparameters`` are the distillation loss's own (``build_loss(method,
+    **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
+    measured on ``eval_split`` of ``training.dataset``.
     """
 
     model_name: str
@@ -151,6 +166,7 @@ class StudentCard:
     ce_weight: float = 1.0
     kd_weight: float = 1.0
     warmup_epochs: float = 0.0
+    warmup_schedule: str = "epoch"
     logit_standardization: bool = False
     eval_accuracy: float | None = None
     eval_top5_accuracy: float | None = None
@@ -290,6 +306,7 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "ce_weight": card.ce_weight,
         "kd_weight": card.kd_weight,
         "warmup_epochs": card.warmup_epochs,
+        "warmup_schedule": card.warmup_schedule,
         "logit_standardization": card.logit_standardization,
     }
     training = card.training

@@ -4,18 +4,14 @@ pull over HTTP against the loopback Hub server (tests/hub_server.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -29,10 +25,12 @@ from hf_kd.hub import push_student_to_hub, save_student
 from hf_kd.model_card import ModelSummary, StudentCard, TrainingSetup, write_model_card
 from hf_kd.models import preprocessing_for
 from hf_kd.preprocessing import ImagePreprocessing
+from tests.hub_client import (
+    assert_same_logits,
+    push_and_pull_in_fresh_process,
+    run_in_fresh_process,
+)
 from tests.hub_metadata import metadata_errors
-
-if TYPE_CHECKING:
-    from tests.hub_server import LoopbackHub
 
 pytest_plugins = ("tests.hub_server",)  # the loopback_hub fixture
 
@@ -81,13 +79,6 @@ def tiny_vit_student() -> ViTForImageClassification:
 
 def pixel_batch() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
-def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal up to float32 rounding: the weights are bit-identical, but tensors loaded from a
-    file sit at other memory alignments, which sends CPU BatchNorm down another SIMD path
-    (differences of about 1e-8)."""
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
 
 
 def assert_same_weights(model: torch.nn.Module, timm_module: torch.nn.Module) -> None:
@@ -203,13 +194,6 @@ LOG_HISTORY = [
 ]
 
 
-def run_in_fresh_process(hub: LoopbackHub, command: list[str], home: Path) -> None:
-    """Run ``command`` in a new interpreter whose Hub libraries all point at ``hub``."""
-    env = {**os.environ, **hub.client_env(home), "PYTHONPATH": str(REPO_ROOT)}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
-
-
 @pytest.fixture(scope="module")
 def pushed_students(loopback_hub, tmp_path_factory):
     """A timm and a transformers student, saved with cards, pushed and pulled in one process."""
@@ -232,18 +216,11 @@ def pushed_students(loopback_hub, tmp_path_factory):
                 "private": True,
             }
         )
-    (work / "jobs.json").write_text(json.dumps(jobs))
-    save_file({"pixel_values": pixel_batch()}, work / "inputs.safetensors")
-    client = [sys.executable, str(REPO_ROOT / "tests" / "hub_client.py")]
-    arguments = ["--jobs", str(work / "jobs.json"), "--inputs", str(work / "inputs.safetensors")]
-    run_in_fresh_process(
-        loopback_hub, [*client, *arguments, "--outputs", str(work / "pulled")], work / "home"
-    )
-    pulled = {}
-    for index, job in enumerate(jobs):
-        outputs = work / "pulled" / str(index)
-        report = json.loads((outputs / "report.json").read_text())
-        pulled[job["repo_id"]] = (load_file(outputs / "logits.safetensors"), report, job["folder"])
+    results = push_and_pull_in_fresh_process(loopback_hub, jobs, pixel_batch(), work)
+    pulled = {
+        job["repo_id"]: (logits, report, job["folder"])
+        for job, (logits, report) in zip(jobs, results, strict=True)
+    }
     return students, pulled
 
 
