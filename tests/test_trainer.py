@@ -131,8 +131,9 @@ def test_resume_from_checkpoint_keeps_weights_and_warmup(tmp_path):
     assert len(saved_parameters) == sum(1 for _ in uninterrupted.model.parameters())
 
 
-def test_load_best_model_at_end_restores_every_layer(tmp_path):
-    student = tiny_vit(seed=1)
+@pytest.mark.parametrize("make_student", [tiny_vit, tiny_timm], ids=["vit", "timm"])
+def test_load_best_model_at_end_restores_every_layer(tmp_path, make_student):
+    student = make_student(seed=1)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=tiny_vit(seed=2),
