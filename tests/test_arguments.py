@@ -171,7 +171,7 @@ def test_every_registered_loss_resolves_and_builds(tmp_path, method):
         ({"loss_kwargs": "{temperature: 2}"}, "must be a JSON object"),
         ({"loss_kwargs": "[2.0]"}, r"must be a JSON object \(a dict\), got list"),
         ({"loss_kwargs": {"temprature": 2.0}}, r"unknown hyperparameter.*temprature.*temperature"),
-        ({"loss_kwargs": {"temperature": -1.0}}, "temperature must be > 0"),
+        ({"loss_kwargs": {"temperature": -1.0}}, "temperature must be a finite number > 0"),
         ({"loss_kwargs": {"logit_standardization": True}}, "--logit_standardization"),
         ({"distillation_preset": "cifar10"}, "unknown --distillation_preset 'cifar10'"),
         ({"ce_weight": -0.1}, "--ce_weight must be >= 0"),
