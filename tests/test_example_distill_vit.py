@@ -41,10 +41,13 @@ TINY_BUDGET = [
 ]  # fmt: skip
 
 
-def load_example() -> ModuleType:
+def load_example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import examples/distill_vit.py (examples/ is not a package) for its ``main``."""
     spec = importlib.util.spec_from_file_location("distill_vit_example", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # its dataclasses resolve their string annotations through sys.modules
+    monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
 
@@ -53,7 +56,7 @@ def load_example() -> ModuleType:
 def test_default_story_trains_teacher_distils_saves_and_reuses_teacher(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    example = load_example()
+    example = load_example(monkeypatch)
     output_dir = tmp_path / "run"
     argv = ["distill_vit.py", "--output_dir", str(output_dir), *TINY_BUDGET]
     monkeypatch.setattr(sys, "argv", argv)
@@ -142,8 +145,10 @@ def test_default_story_pushed_to_the_hub_reloads_with_both_libraries(loopback_hu
     assert stored["training"]["world_size"] == 1
 
 
-def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
-    example = load_example()
+def test_help_documents_every_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = load_example(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         example.parse_arguments(["--help"])
     assert exit_info.value.code == 0
@@ -158,8 +163,8 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         assert option in text
 
 
-def test_later_flags_override_defaults() -> None:
-    example = load_example()
+def test_later_flags_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = load_example(monkeypatch)
     _, data_args, training_args = example.parse_arguments(
         ["--output_dir", "elsewhere", "--num_train_epochs", "2", "--dataset_name", "cifar"]
     )
