@@ -171,6 +171,20 @@ def test_transformers_student_export_writes_its_image_processor(tmp_path):
     assert preprocessing_for(reloaded, processor) == PREPROCESSING
 
 
+@pytest.mark.parametrize("make_model", [tiny_timm_student, tiny_vit_student], ids=["timm", "vit"])
+def test_a_gathered_state_dict_replaces_the_model_weights(tmp_path, make_model):
+    """What the Trainer passes under FSDP/DeepSpeed: the weights saved are the state dict's."""
+    model = make_model()
+    with torch.no_grad():
+        gathered = {name: tensor + 1 for name, tensor in model.state_dict().items()}
+    save_student(model, tmp_path, image_processor=PREPROCESSING, state_dict=gathered)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    loaded = reloaded.state_dict()
+    assert loaded.keys() == gathered.keys()
+    for name, tensor in gathered.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
 def test_push_refuses_a_folder_without_a_saved_student(tmp_path):
     with pytest.raises(ValueError, match="save_student"):
         push_student_to_hub(tmp_path, "someone/empty")
