@@ -7,8 +7,12 @@ With no arguments the whole story runs offline on ``digits`` (scikit-learn's rea
 handwritten digits, upscaled to 32x32 RGB): a small CNN teacher (timm ``resnet10t``) is
 trained first and saved under ``<output_dir>/teacher`` (reused by the next run), then a
 small timm ViT student is distilled from it with MCLD, evaluated on the test split and
-saved with its image processor to ``--output_dir`` (default ``outputs/distill_vit``), with
-``all_results.json`` holding ``eval_accuracy`` and the teacher's ``teacher_eval_accuracy``.
+saved to ``--output_dir`` (default ``outputs/distill_vit``): ``config.json`` and
+``model.safetensors`` (loadable with transformers and with timm), its preprocessing, a model
+card ``README.md`` whose model-index holds the test accuracy, ``training_curves.png``, and
+``all_results.json`` with ``eval_accuracy`` and the teacher's ``teacher_eval_accuracy``.
+``--push_to_hub --hub_model_id <user>/<repo>`` (token: ``--hub_token`` or ``hf auth login``)
+publishes the same student and card to the Hub.
 
 The real-world recipe (needs the network):
 
@@ -323,9 +327,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=image_processor_for(student, student_preprocessing),
         student_preprocessing=student_preprocessing,
         teacher_preprocessing=teacher_preprocessing,
+        teacher_name=model_args.teacher_model_name_or_path or model_args.teacher_architecture,
+        student_name=model_args.student_model_name_or_path,
+        dataset_name=data_args.dataset_name,
+        # the card reports the last evaluation: the test split's, below
+        eval_split_name="test" if test is not None else "validation",
+        teacher_eval_accuracy=teacher_accuracy,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
     metrics = dict(train_result.metrics)
     metrics.update(trainer.evaluate(test if test is not None else validation))
     if teacher_accuracy is not None:
@@ -333,7 +342,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_metrics("all", metrics)
     trainer.save_state()
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        trainer.push_to_hub()  # saves the student and its card, then uploads them
+    else:
+        trainer.save_model()
     return metrics
 
 

@@ -29,8 +29,8 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
 from hf_kd.hub import push_files_to_hub, push_student_to_hub
-from hf_kd.image_processors import model_preprocessing
 from hf_kd.model_card import write_card_with_transfer_result
+from hf_kd.models import preprocessing_for
 from hf_kd.transfer import (
     TRANSFER_RESULTS_FILE,
     LinearProbeConfig,
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> TransferResult:
         )
     except (OSError, ValueError):
         image_processor = None
-    preprocessing = model_preprocessing(model, image_processor)
+    preprocessing = preprocessing_for(model, image_processor)
     data = load_transfer_data(
         args.dataset_name,
         train_split=args.train_split,

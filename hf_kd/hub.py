@@ -28,28 +28,47 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitInfo, HfApi
+from safetensors.torch import save_file
 from timm.models import save_for_hf
+from torch import Tensor
 from transformers import BaseImageProcessor, PreTrainedModel
 from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
-from hf_kd.image_processors import (
-    image_processor_for,
-    is_timm_model,
-    preprocessing_from_image_processor,
-    timm_data_config,
+from hf_kd.model_card import (
+    CARD_DATA_FILE,
+    TRAINING_CURVES_FILE,
+    read_student_card,
+    write_model_card,
 )
-from hf_kd.model_card import read_student_card, write_model_card
+from hf_kd.models import image_processor_for, is_timm_model, preprocessing_for
 from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.transfer import TRANSFER_RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 
-# Trainer outputs that do not belong in a published model repo: intermediate checkpoints
-# (optimizer state), TensorBoard runs, and the pickled TrainingArguments (the card records
-# the training setup instead, and a published repo should hold no pickles).
-PUSH_IGNORE_PATTERNS = ("checkpoint-*/", "runs/", "training_args.bin")
+# What a published student repo holds: the model, its preprocessing, its card and results.
+# An allow-list, because a training output_dir also holds what does not belong in a model
+# repo: intermediate checkpoints (optimizer state), TensorBoard runs, the pickled
+# TrainingArguments (the card records the training setup; a published repo should hold no
+# pickles) and, in examples/distill_vit.py, the teacher trained for the run.
+STUDENT_REPO_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*-of-*.safetensors",
+    "preprocessor_config.json",
+    "README.md",
+    CARD_DATA_FILE,
+    TRAINING_CURVES_FILE,
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    TRANSFER_RESULTS_FILE,
+)
 
 
 def save_student(
@@ -57,38 +76,42 @@ def save_student(
     output_dir: str | Path,
     *,
     image_processor: BaseImageProcessor | ImagePreprocessing | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and the student's preprocessing.
 
     ``image_processor`` is the student's preprocessing: a transformers image processor or an
-    :class:`ImagePreprocessing` (turned into a generic ``ViTImageProcessor`` for a
-    transformers student). A timm student keeps it in ``config.json``'s ``pretrained_cfg``
-    (see :func:`save_timm_student`); a transformers student gets ``preprocessor_config.json``.
-    The model card is written separately (:func:`hf_kd.model_card.write_model_card`).
+    :class:`ImagePreprocessing` (made into one by :func:`hf_kd.models.image_processor_for`).
+    A timm student keeps it in ``config.json``'s ``pretrained_cfg`` (see
+    :func:`save_timm_student`); a transformers student gets ``preprocessor_config.json``.
+    ``state_dict`` replaces the model's own weights (a state dict gathered by FSDP or
+    DeepSpeed). Weights are written as safetensors only. The model card is written
+    separately (:func:`hf_kd.model_card.write_model_card`).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if is_timm_model(model):
-        save_timm_student(model, output_dir, data_config=_timm_data_config(image_processor))
-        return output_dir
-    model.save_pretrained(output_dir)
     if isinstance(image_processor, ImagePreprocessing):
-        image_processor = image_processor_for(image_processor)
+        image_processor = image_processor_for(model, image_processor)
+    if is_timm_model(model):
+        data_config = None
+        if image_processor is not None:
+            data_config = _timm_image_processor(model, image_processor).data_config
+        save_timm_student(model, output_dir, data_config=data_config, state_dict=state_dict)
+        return output_dir
+    model.save_pretrained(output_dir, state_dict=state_dict)
     if image_processor is not None:
         image_processor.save_pretrained(output_dir)
     return output_dir
 
 
-def _timm_data_config(
-    image_processor: BaseImageProcessor | ImagePreprocessing | None,
-) -> Mapping[str, object] | None:
-    if image_processor is None:
-        return None
+def _timm_image_processor(
+    model: PreTrainedModel, image_processor: BaseImageProcessor
+) -> TimmWrapperImageProcessor:
+    """The processor as timm's data config; a ``TimmWrapperImageProcessor`` is kept as it is
+    (its crop settings included)."""
     if isinstance(image_processor, TimmWrapperImageProcessor):
-        return image_processor.data_config  # keeps timm's crop settings as they are
-    if isinstance(image_processor, BaseImageProcessor):
-        image_processor = preprocessing_from_image_processor(image_processor)
-    return timm_data_config(image_processor)
+        return image_processor
+    return image_processor_for(model, preprocessing_for(model, image_processor))
 
 
 def save_timm_student(
@@ -96,13 +119,16 @@ def save_timm_student(
     output_dir: str | Path,
     *,
     data_config: Mapping[str, object] | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
 ) -> Path:
     """Save a ``TimmWrapper`` student so that transformers and timm both load it.
 
-    ``data_config`` is a timm data config (input size, mean, std, interpolation, crop; see
-    :func:`hf_kd.image_processors.timm_data_config`) written into ``pretrained_cfg``; when
-    ``None`` the ``pretrained_cfg`` already in the model's config is kept (a student loaded
-    from an hf-kd or timm export), else the architecture's default.
+    ``data_config`` is a timm data config (input size, mean, std, interpolation, crop; e.g.
+    the ``data_config`` of a ``TimmWrapperImageProcessor``) written into ``pretrained_cfg``;
+    when ``None`` the ``pretrained_cfg`` already in the model's config is kept (a student
+    loaded from an hf-kd or timm export, or given to :func:`hf_kd.models.image_processor_for`),
+    else the architecture's default. ``state_dict`` (keys as in the wrapper's
+    ``state_dict``, ``timm_model.*``) replaces the model's own weights.
     """
     if not is_timm_model(model):
         raise ValueError(
@@ -126,6 +152,8 @@ def save_timm_student(
         safe_serialization=True,
         data_config=dict(data_config) if data_config is not None else None,
     )
+    if state_dict is not None:
+        save_file(_timm_weights(state_dict), output_dir / "model.safetensors")
     config_path = output_dir / "config.json"
     timm_config = json.loads(config_path.read_text(encoding="utf-8"))
     model_args = {**(model.config.model_args or {}), **timm_config.get("model_args", {})}
@@ -139,21 +167,33 @@ def save_timm_student(
     return output_dir
 
 
+def _timm_weights(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """timm's own key names (no ``timm_model.`` prefix), contiguous for safetensors."""
+    prefix = "timm_model."
+    return {
+        name.removeprefix(prefix): tensor.detach().contiguous()
+        for name, tensor in state_dict.items()
+    }
+
+
 def push_student_to_hub(
     output_dir: str | Path,
     repo_id: str,
     *,
     token: str | None = None,
-    private: bool = False,
+    private: bool | None = None,
     commit_message: str = "Upload distilled student",
     revision: str | None = None,
-) -> str:
+    run_as_future: bool = False,
+) -> CommitInfo | Future[CommitInfo]:
     """Create ``repo_id`` if needed and upload the saved student folder as one commit.
 
-    Uploads everything :func:`save_student` and the card writer put in ``output_dir``
-    (weights, config, image processor, ``README.md``, ``training_curves.png``, results),
-    minus :data:`PUSH_IGNORE_PATTERNS`. An hf-kd card is first re-rendered when its usage
-    snippets name another repo than the one pushed to. Returns the commit URL.
+    Uploads the files of :data:`STUDENT_REPO_FILES` that :func:`save_student`, the card
+    writer and the training scripts put in ``output_dir`` (weights, config, image processor,
+    ``README.md``, ``training_curves.png``, results) and nothing else. An hf-kd card is first
+    re-rendered when its usage snippets name another repo than the one pushed to. Returns
+    the commit (a ``str`` subclass: the commit URL), or a ``Future`` of it with
+    ``run_as_future``.
     """
     output_dir = Path(output_dir)
     if not (output_dir / "config.json").is_file():
@@ -165,15 +205,15 @@ def push_student_to_hub(
     api = HfApi(token=token, library_name="hf-kd")
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
     _point_card_at(output_dir, repo_url.repo_id)
-    commit = api.upload_folder(
+    logger.info("pushing %s to %s", output_dir, repo_url.repo_id)
+    return api.upload_folder(
         repo_id=repo_url.repo_id,
         folder_path=output_dir,
         commit_message=commit_message,
         revision=revision,
-        ignore_patterns=list(PUSH_IGNORE_PATTERNS),
+        allow_patterns=list(STUDENT_REPO_FILES),
+        run_as_future=run_as_future,
     )
-    logger.info("pushed %s to %s", output_dir, commit.commit_url)
-    return commit.commit_url
 
 
 def _point_card_at(output_dir: Path, repo_id: str) -> None:
@@ -190,8 +230,8 @@ def push_files_to_hub(
     *,
     token: str | None = None,
     commit_message: str = "Update model card",
-) -> str:
-    """Upload only ``filenames`` of ``output_dir`` to an existing repo; returns the commit URL.
+) -> CommitInfo:
+    """Upload only ``filenames`` of ``output_dir`` to an existing repo; returns the commit.
 
     Used to add results (e.g. transfer evaluation) to a published student without
     re-uploading its weights.
@@ -199,10 +239,9 @@ def push_files_to_hub(
     missing = [name for name in filenames if not (Path(output_dir) / name).is_file()]
     if missing:
         raise ValueError(f"cannot push missing file(s) {missing} from {output_dir}")
-    commit = HfApi(token=token, library_name="hf-kd").upload_folder(
+    return HfApi(token=token, library_name="hf-kd").upload_folder(
         repo_id=repo_id,
         folder_path=output_dir,
         allow_patterns=filenames,
         commit_message=commit_message,
     )
-    return commit.commit_url

@@ -4,7 +4,8 @@
 measured speed-up, method and citation, every hyperparameter, the training setup, eval and
 transfer accuracy). :func:`render_model_card` turns it into a ``README.md``: YAML metadata
 with a ``model-index`` (built with ``huggingface_hub.ModelCardData``, so ``ModelCard``
-parses it back) and a body rendered from the Jinja template ``model_cards/student_card.md``.
+parses it back) and a body rendered from the Jinja template ``student_card.md`` (package
+data in ``hf_kd/templates/``, linked from the repository's ``model_cards/``).
 :func:`write_model_card` writes the card, its training-curves PNG and ``student_card.json``
 (the card's data, so later results such as transfer evaluation can re-render it).
 """
@@ -22,17 +23,18 @@ from typing import Any, Literal
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError
+from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 
 from hf_kd.citations import citations_for, method_info
-from hf_kd.image_processors import is_timm_model
+from hf_kd.models import count_parameters, is_timm_model
 from hf_kd.plots import plot_training_curves
-from hf_kd.speed import InferenceSpeed, count_parameters
+from hf_kd.speed import InferenceSpeed
 from hf_kd.transfer import TransferResult, merge_transfer_results
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "student_card.md"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "student_card.md"
 CARD_DATA_FILE = "student_card.json"
 TRAINING_CURVES_FILE = "training_curves.png"
 TASK = "image-classification"
@@ -56,17 +58,37 @@ TRAINING_HYPERPARAMETERS = (
 
 @dataclass
 class ModelSummary:
-    """A model as a card names it: Hub id, path or architecture, size and library."""
+    """A model as a card names it: Hub id, path or architecture, size and library.
+
+    ``parameters`` and ``library`` are ``None`` when unknown (a teacher seen only through
+    its cached logits).
+    """
 
     name: str
-    parameters: int
-    library: Literal["timm", "transformers"]
+    parameters: int | None
+    library: Literal["timm", "transformers"] | None
 
     @classmethod
-    def of(cls, model: PreTrainedModel, name: str) -> ModelSummary:
-        return cls(
-            name, count_parameters(model), "timm" if is_timm_model(model) else "transformers"
-        )
+    def of(cls, model: nn.Module, name: str | None = None) -> ModelSummary:
+        """Summarise ``model``; ``name`` defaults to :func:`model_name_of`."""
+        if is_timm_model(model):
+            library = "timm"
+        else:
+            library = "transformers" if isinstance(model, PreTrainedModel) else None
+        return cls(name or model_name_of(model), count_parameters(model), library)
+
+
+def model_name_of(model: nn.Module) -> str:
+    """How a card names a model by default: the Hub id or folder it was loaded from, else
+    its timm architecture, else its transformers model type, else its class."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return type(model).__name__
+    if config.name_or_path:
+        return config.name_or_path
+    if is_timm_model(model):
+        return config.architecture
+    return config.model_type or type(model).__name__
 
 
 @dataclass
@@ -108,6 +130,17 @@ class TrainingSetup:
         )
 
 
+def latest_eval_accuracies(
+    log_history: list[dict[str, Any]],
+) -> tuple[float | None, float | None]:
+    """``(eval_accuracy, eval_top5_accuracy)`` of the latest evaluation in a Trainer's
+    ``state.log_history``; ``(None, None)`` before any evaluation."""
+    for entry in reversed(log_history):
+        if "eval_accuracy" in entry:
+            return float(entry["eval_accuracy"]), entry.get("eval_top5_accuracy")
+    return None, None
+
+
 def _plain(value: object) -> object:
     """Enums (optimizer, scheduler names) as their string value, for JSON and the card."""
     return getattr(value, "value", value)
@@ -117,10 +150,11 @@ def _plain(value: object) -> object:
 class StudentCard:
     """Everything the model card of a distilled student states.
 
-    ``ce_weight``, ``kd_weight`` and ``warmup_epochs`` are the training objective's
-    ``total = ce_weight * CE + kd_weight * w(epoch) * loss``; ``loss_hyperparameters`` are
-    the distillation loss's own (``build_loss(method, **loss_hyperparameters)``).
-    Accuracies are fractions in [0, 1].
+    ``ce_weight``, ``kd_weight``, ``warmup_epochs`` and ``warmup_schedule`` are the training
+    objective's ``total = ce_weight * CE + kd_weight * w(epoch) * loss``;
+    ``loss_hyperparameters`` are the distillation loss's own (``build_loss(method,
+    **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
+    measured on ``eval_split`` of ``training.dataset``.
     """
 
     model_name: str
@@ -132,6 +166,7 @@ class StudentCard:
     ce_weight: float = 1.0
     kd_weight: float = 1.0
     warmup_epochs: float = 0.0
+    warmup_schedule: str = "epoch"
     logit_standardization: bool = False
     eval_accuracy: float | None = None
     eval_top5_accuracy: float | None = None
@@ -235,7 +270,9 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
-def _count(parameters: int) -> str:
+def _count(parameters: int | None) -> str:
+    if parameters is None:
+        return "unknown"
     return f"{parameters / 1e6:.2f}M" if parameters >= 1e5 else f"{parameters / 1e3:.1f}K"
 
 
@@ -244,7 +281,7 @@ def _value(value: object) -> str:
 
 
 def template_context(card: StudentCard) -> dict[str, Any]:
-    """The variables of ``model_cards/student_card.md``, formatted for display."""
+    """The variables of the ``student_card.md`` template, formatted for display."""
     method = method_info(card.method)
     accuracies = [
         ("Student (top-1)", card.eval_accuracy),
@@ -269,6 +306,7 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "ce_weight": card.ce_weight,
         "kd_weight": card.kd_weight,
         "warmup_epochs": card.warmup_epochs,
+        "warmup_schedule": card.warmup_schedule,
         "logit_standardization": card.logit_standardization,
     }
     training = card.training
@@ -288,7 +326,11 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "teacher": card.teacher,
         "student_parameters": _count(card.student.parameters),
         "teacher_parameters": _count(card.teacher.parameters),
-        "compression": card.teacher.parameters / card.student.parameters,
+        "compression": (
+            card.teacher.parameters / card.student.parameters
+            if card.teacher.parameters and card.student.parameters
+            else None
+        ),
         "speed": card.speed,
         "method": method,
         "method_name": card.method,

@@ -49,7 +49,13 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
-from hf_kd.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
+from hf_kd.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PIL_RESAMPLING,
+    ImagePreprocessing,
+    pil_resampling,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +64,8 @@ DEFAULT_IMAGE_SIZE = 224
 CONFIG_FILE = "config.json"
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 
-# PIL resampling codes (what transformers image processors store) <-> timm/torchvision names.
-_RESAMPLE_NAMES = {
-    Image.Resampling.NEAREST: "nearest",
-    Image.Resampling.LANCZOS: "lanczos",
-    Image.Resampling.BILINEAR: "bilinear",
-    Image.Resampling.BICUBIC: "bicubic",
-    Image.Resampling.BOX: "box",
-    Image.Resampling.HAMMING: "hamming",
-}
-_RESAMPLE_CODES = {name: code for code, name in _RESAMPLE_NAMES.items()}
+# the interpolation name of each PIL filter a transformers image processor may store
+_INTERPOLATION_OF_PIL_FILTER = {code: name for name, code in PIL_RESAMPLING.items()}
 
 
 def load_classifier(
@@ -208,15 +206,10 @@ def image_processor_for(
         return TimmWrapperImageProcessor(
             pretrained_cfg=pretrained_cfg, architecture=model.config.architecture
         )
-    if preprocessing.interpolation not in _RESAMPLE_CODES:
-        raise ValueError(
-            f"interpolation {preprocessing.interpolation!r} has no PIL equivalent; "
-            f"use one of {sorted(_RESAMPLE_CODES)}"
-        )
     return BitImageProcessor(
         do_resize=True,
         size={"shortest_edge": max(height, width)},
-        resample=_RESAMPLE_CODES[preprocessing.interpolation],
+        resample=pil_resampling(preprocessing.interpolation),
         do_center_crop=True,
         crop_size={"height": height, "width": width},
         do_rescale=True,
@@ -503,7 +496,7 @@ def _preprocessing_from_image_processor(processor: BaseImageProcessor) -> ImageP
         image_size=(int(image_size[0]), int(image_size[1])),
         mean=mean,
         std=std,
-        interpolation=_RESAMPLE_NAMES[Image.Resampling(int(resample))],
+        interpolation=_INTERPOLATION_OF_PIL_FILTER[Image.Resampling(int(resample))],
     )
 
 

@@ -1,8 +1,10 @@
-"""How a model expects its pixels: resolution and normalisation."""
+"""How a model expects its pixels: resolution, normalisation and resampling filter."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,3 +30,29 @@ class ImagePreprocessing:
             raise ValueError("mean and std must have 3 entries (RGB)")
         if min(self.std) <= 0:
             raise ValueError(f"std must be > 0, got {self.std}")
+
+
+# torchvision/timm interpolation names -> the PIL filters that PIL resizing and transformers
+# image processors (their ``resample``) use
+PIL_RESAMPLING: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def pil_resampling(interpolation: str) -> Image.Resampling:
+    """The PIL filter of a torchvision/timm interpolation name (``"bicubic"`` -> ``BICUBIC``).
+
+    Raises:
+        ValueError: a name PIL has no filter for (``"area"``, ...).
+    """
+    if interpolation not in PIL_RESAMPLING:
+        raise ValueError(
+            f"interpolation {interpolation!r} has no PIL resampling filter; use one of "
+            f"{sorted(PIL_RESAMPLING)}"
+        )
+    return PIL_RESAMPLING[interpolation]

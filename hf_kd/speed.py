@@ -1,4 +1,4 @@
-"""Model size and measured inference latency of a teacher and its student, for model cards.
+"""Measured inference latency of a teacher and its student, for model cards.
 
 A benchmarking helper: the numbers depend on the machine and its load, so they are reported
 (with the device, batch size and thread count they were taken with), never asserted on.
@@ -12,11 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-
-def count_parameters(model: nn.Module) -> int:
-    """The number of parameters of ``model`` (trainable or not), shared tensors counted once."""
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,18 @@ the loss and gradients came out k times too large. ``model_accepts_loss_kwargs``
 False as well, so the Trainer does not count (and, across processes, all-gather) labels
 for a ``num_items_in_batch`` that this loss does not use.
 
-Checkpoints: the student alone is saved (the teacher is not in its module tree); on
-resume and ``load_best_model_at_end`` it is reloaded through ``from_pretrained``, because
-transformers 5.23's plain ``load_state_dict`` misses the legacy key names that
-``save_pretrained`` writes for ViT and silently leaves those layers untrained.
+Checkpoints: the student alone is saved (the teacher is not in its module tree), by
+:func:`hf_kd.hub.save_student`: safetensors only, a timm student in the layout that both
+``timm.create_model("hf-hub:...")`` and ``AutoModelForImageClassification`` load, with its
+preprocessing. On resume and ``load_best_model_at_end`` it is reloaded through
+``from_pretrained``, because transformers 5.23's plain ``load_state_dict`` misses the legacy
+key names that ``save_pretrained`` writes for ViT and silently leaves those layers untrained.
+
+Model card and Hub: ``save_model`` (called by the user, not for checkpoints) also writes the
+student's model card (:mod:`hf_kd.model_card`: ``README.md`` with a model-index holding the
+latest evaluation's accuracy, ``student_card.json``, ``training_curves.png``), so an offline
+run leaves a complete folder; ``push_to_hub`` saves the same folder and uploads its student
+files (:data:`hf_kd.hub.STUDENT_REPO_FILES`) as one commit.
 
 Logging without host syncs: the step keeps ``ce_loss``, ``kd_loss``, every loss term
 (``kd_loss/<term>``), the warm-up factor ``kd_warmup_factor`` and counts of non-finite
@@ -38,27 +46,47 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from huggingface_hub import CommitInfo
 from torch import Tensor, nn
-from transformers import EvalPrediction, PreTrainedModel, Trainer
+from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
 from hf_kd.arguments import DistillationArguments
+from hf_kd.hub import push_student_to_hub, save_student
 from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
 from hf_kd.metrics import compute_accuracy_metrics, top_k_class_indices
+from hf_kd.model_card import (
+    ModelSummary,
+    StudentCard,
+    TrainingSetup,
+    latest_eval_accuracies,
+    write_model_card,
+)
 from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.speed import InferenceSpeed, measure_inference_speed
 from hf_kd.teacher import FrozenTeacher, check_teacher_matches_student, prepare_teacher
 
 logger = logging.getLogger(__name__)
 
 NONFINITE_STUDENT = "nonfinite_student_logits"
 NONFINITE_TEACHER = "nonfinite_teacher_logits"
+# The card's speed-up: teacher and student timed on one batch of at most this many images
+# (5 timed forward passes each, after one warm-up), cheap next to a save.
+SPEED_BATCH_SIZE = 32
+SPEED_REPEATS = 5
+DEFAULT_LICENSE = "apache-2.0"
+# DistillationLoss constructor arguments that are not hyperparameters of the method (the
+# card states logit standardisation on its own).
+NOT_LOSS_HYPERPARAMETERS = ("check_values", "logit_standardization")
 
 
 class RunningMeans:
@@ -113,6 +141,14 @@ class DistillationTrainer(Trainer):
             override it. When it differs from the student's, the student's batch is resized
             and re-normalised on the device (unless the batch has ``teacher_pixel_values``).
         compute_metrics: defaults to top-1 ``accuracy`` and ``top5_accuracy`` (numpy).
+        teacher_name, student_name: how the model card names the models (a Hub id is best:
+            the teacher's becomes the card's ``base_model``). Default: the Hub id or folder
+            each was loaded from, else the timm architecture or model type.
+        dataset_name: the training dataset as the card names it (a Hub id joins the card's
+            ``datasets``).
+        eval_split_name: the split of the latest evaluation, whose accuracy the card reports
+            (``"validation"``; ``"test"`` when you evaluate on the test split last).
+        teacher_eval_accuracy: the teacher's top-1 accuracy on that split, for the card.
 
     Batches are dicts with ``pixel_values`` ``[B, 3, H, W]`` and ``labels`` ``[B]`` int64,
     optionally ``teacher_pixel_values`` and ``teacher_logits``. Evaluation reports the
@@ -138,6 +174,11 @@ class DistillationTrainer(Trainer):
         teacher_preprocessing: ImagePreprocessing | None = None,
         compute_metrics: Callable[[EvalPrediction], dict] | None = None,
         preprocess_logits_for_metrics: Callable[[Tensor, Tensor], Tensor] | None = None,
+        teacher_name: str | None = None,
+        student_name: str | None = None,
+        dataset_name: str | None = None,
+        eval_split_name: str = "validation",
+        teacher_eval_accuracy: float | None = None,
         **kwargs: Any,
     ):
         if not isinstance(args, DistillationArguments):
@@ -168,6 +209,18 @@ class DistillationTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         if teacher_model is not None:
             check_teacher_matches_student(teacher_model, self.model)
+        # Sizes are counted now, before Accelerate may shard either model.
+        self.student_summary = ModelSummary.of(self.model, student_name)
+        self.teacher_summary = (
+            ModelSummary.of(teacher_model, teacher_name)
+            if teacher_model is not None
+            else ModelSummary(teacher_name or "unknown teacher (cached logits)", None, None)
+        )
+        self.dataset_name = dataset_name
+        self.eval_split_name = eval_split_name
+        self.teacher_eval_accuracy = teacher_eval_accuracy
+        self.student_preprocessing = student_preprocessing
+        self._inference_speed: InferenceSpeed | None = None
         self.objective = args.resolve_objective()
         # Values are checked on the first step and at log time, not by a sync in every step.
         self.distillation_loss = build_loss(
@@ -343,6 +396,213 @@ class DistillationTrainer(Trainer):
         logger.info("loading the best student from %s", self.state.best_model_checkpoint)
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
+    # ---- saving, model card and Hub ----
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the student and, unless the Trainer saves a checkpoint, its model card.
+
+        The student is written by :meth:`_save`; the card (``README.md``,
+        ``student_card.json``, ``training_curves.png``) by :meth:`create_model_card`, on the
+        main process, after the weights. With ``args.push_to_hub`` a user's ``save_model``
+        also pushes, as the Trainer's does.
+        """
+        super().save_model(output_dir, _internal_call=True)
+        if _internal_call:
+            return
+        self.create_model_card(output_dir=output_dir)
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the student with :func:`hf_kd.hub.save_student` (main process only).
+
+        Safetensors only, no pickled ``training_args.bin``; a timm student in the layout
+        timm and transformers both load; the student's preprocessing: ``processing_class``
+        when it is an image processor, else ``student_preprocessing``. ``state_dict`` is the
+        one the Trainer gathered under FSDP or DeepSpeed. PEFT students and tensor-parallel
+        loading keep the Trainer's own saving.
+        """
+        student = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if (
+            not isinstance(student, PreTrainedModel)
+            or getattr(student, "_hf_peft_config_loaded", False)
+            or self.is_distributed_loading_by_transformers
+        ):
+            super()._save(output_dir, state_dict)
+            return
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        logger.info("saving the student to %s", output_dir)
+        image_processor = (
+            self.processing_class
+            if isinstance(self.processing_class, BaseImageProcessor)
+            else self.student_preprocessing
+        )
+        save_student(student, output_dir, image_processor=image_processor, state_dict=state_dict)
+
+    def student_card(
+        self,
+        *,
+        model_name: str | None = None,
+        dataset: str | None = None,
+        license: str | None = None,
+    ) -> StudentCard:
+        """The model card's content for the student as it is now.
+
+        Teacher and student names and sizes, the measured speed-up
+        (:meth:`inference_speed`), the objective and every loss hyperparameter, the training
+        setup read from ``args``, the latest evaluation's accuracy from the log history,
+        and ``args.hub_model_id`` as the repo its usage snippets load.
+        """
+        accuracy, top5_accuracy = latest_eval_accuracies(self.state.log_history)
+        loss_hyperparameters = {
+            name: value
+            for name, value in self.distillation_loss.hyperparameters().items()
+            if name not in NOT_LOSS_HYPERPARAMETERS
+        }
+        objective = self.objective
+        repo_id = self.hub_model_id or self.args.hub_model_id
+        return StudentCard(
+            model_name=model_name or _card_model_name(repo_id, self.args.output_dir),
+            student=self.student_summary,
+            teacher=self.teacher_summary,
+            method=objective.method,
+            training=TrainingSetup.from_training_args(
+                self.args, dataset or self.dataset_name or "an unnamed dataset"
+            ),
+            loss_hyperparameters=loss_hyperparameters,
+            ce_weight=objective.ce_weight,
+            kd_weight=objective.kd_weight,
+            warmup_epochs=objective.warmup_epochs,
+            warmup_schedule=objective.warmup_schedule,
+            logit_standardization=self.distillation_loss.logit_standardization,
+            eval_accuracy=accuracy,
+            eval_top5_accuracy=top5_accuracy,
+            eval_split=self.eval_split_name,
+            teacher_eval_accuracy=self.teacher_eval_accuracy,
+            speed=self.inference_speed(),
+            license=license or DEFAULT_LICENSE,
+            repo_id=repo_id,
+        )
+
+    def create_model_card(
+        self,
+        license: str | None = None,
+        model_name: str | None = None,
+        dataset: str | None = None,
+        *,
+        output_dir: str | None = None,
+    ) -> StudentCard | None:
+        """Write the student's model card to ``output_dir`` (default ``args.output_dir``).
+
+        Replaces the Trainer's draft card, which lists no results: see
+        :meth:`student_card` and :func:`hf_kd.model_card.write_model_card`. ``license``
+        (default ``apache-2.0``), ``model_name`` (default: the Hub repo's name, else the
+        output folder's) and ``dataset`` (default ``dataset_name``) override the card's.
+        Runs on the processes that save (``args.should_save``); returns the card written,
+        ``None`` elsewhere.
+        """
+        if not self.args.should_save:
+            return None
+        card = self.student_card(model_name=model_name, dataset=dataset, license=license)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        return write_model_card(card, output_dir, log_history=self.state.log_history)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **card_kwargs: Any,
+    ) -> CommitInfo | Future[CommitInfo] | None:
+        """Publish the student to ``args.hub_model_id``: save it, write its card, upload.
+
+        One commit of the student files of ``args.output_dir``
+        (:data:`hf_kd.hub.STUDENT_REPO_FILES`: ``config.json``, ``model.safetensors``, the
+        image processor, ``README.md``, ``student_card.json``, ``training_curves.png`` and
+        the ``*_results.json`` files), not the whole folder as the Trainer would (its
+        checkpoints, ``training_args.bin`` and anything else written there stay local).
+        ``card_kwargs`` go to :meth:`create_model_card`. Returns the commit (a ``Future``
+        of it when ``blocking=False``) on the main process, ``None`` on the others.
+        """
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**card_kwargs)
+        self._finish_current_push()
+        return push_student_to_hub(
+            self.args.output_dir,
+            self.hub_model_id,
+            token=token,
+            private=private if private is not None else self.args.hub_private_repo,
+            commit_message=commit_message or "Upload distilled student",
+            revision=revision if revision is not None else self.args.hub_revision,
+            run_as_future=not blocking,
+        )
+
+    def inference_speed(self) -> InferenceSpeed | None:
+        """Teacher vs student latency on one batch, measured once and kept; ``None`` if it
+        cannot be measured.
+
+        Not measured without a teacher model (cached logits) or when Accelerate shards the
+        models (FSDP, DeepSpeed: a forward pass on one process would wait for the others).
+        A failed measurement is logged as a warning and leaves the card without a speed-up:
+        it never costs a save.
+        """
+        if self._inference_speed is not None:
+            return self._inference_speed
+        if self.teacher.model is None or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            logger.info(
+                "inference speed-up not measured: no teacher model, or the models are sharded"
+            )
+            return None
+        try:
+            self._inference_speed = self._measure_inference_speed()
+        except Exception as error:  # a measurement must never fail the save that needs it
+            logger.warning(
+                "could not measure the inference speed-up for the model card (%s: %s); the "
+                "card omits it",
+                type(error).__name__,
+                error,
+            )
+        return self._inference_speed
+
+    def _measure_inference_speed(self) -> InferenceSpeed:
+        batch = self._prepare_inputs(self._timing_batch())
+        student = self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast():
+            teacher_pixel_values = self.teacher.teacher_pixel_values(batch)
+            return measure_inference_speed(
+                self.teacher.model,
+                student,
+                batch["pixel_values"],
+                teacher_pixel_values,
+                repeats=SPEED_REPEATS,
+                warmup=1,
+            )
+
+    def _timing_batch(self) -> dict[str, Any]:
+        """The first evaluation images (else training images), collated, without Accelerate's
+        data loader: only the main process runs this."""
+        dataset = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
+        if isinstance(dataset, Mapping):  # several named evaluation datasets
+            dataset = next(iter(dataset.values()))
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise ValueError(
+                f"no indexable dataset to time the models on (got {type(dataset).__name__})"
+            )
+        size = min(len(dataset), self.args.per_device_eval_batch_size, SPEED_BATCH_SIZE)
+        if size == 0:
+            raise ValueError("the dataset to time the models on is empty")
+        return self.data_collator([dataset[index] for index in range(size)])
+
     # ---- logging ----
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
@@ -379,3 +639,10 @@ def raise_if_not_finite(means: dict[str, float], step: int) -> None:
             f"non-finite training loss parts {not_finite} before step {step}: check the loss "
             "hyperparameters (--loss_kwargs) and the learning rate"
         )
+
+
+def _card_model_name(repo_id: str | None, output_dir: str) -> str:
+    """The Trainer's default model name: the Hub repo's name, else the output folder's."""
+    if repo_id:
+        return repo_id.split("/")[-1]
+    return os.path.basename(os.path.abspath(output_dir))

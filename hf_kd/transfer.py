@@ -34,8 +34,8 @@ from PIL import Image as PILImage
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from hf_kd.image_processors import PIL_RESAMPLE_BY_NAME, is_timm_model
-from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.models import is_timm_model
+from hf_kd.preprocessing import ImagePreprocessing, pil_resampling
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +217,7 @@ def pixel_values_from_images(
 ) -> Tensor:
     """``[B, 3, H, W]`` float32: RGB, resized to the input size, scaled to [0, 1], normalised."""
     height, width = preprocessing.image_size
-    resample = PIL_RESAMPLE_BY_NAME.get(
-        preprocessing.interpolation, PIL_RESAMPLE_BY_NAME["bilinear"]
-    )
+    resample = pil_resampling(preprocessing.interpolation)
     arrays = [
         np.asarray(
             image.convert("RGB").resize((width, height), resample=resample), dtype=np.float32

@@ -6,10 +6,12 @@ way to aim every library at it; one process serves several students to pay the i
 
     python tests/hub_client.py --jobs jobs.json --inputs in.safetensors --outputs out_dir
 
-``jobs.json`` is a list of ``{"folder", "repo_id", "timm", "private"}``. For job ``i`` it
-writes to ``out_dir/i/``: ``logits.safetensors`` (``transformers`` and, for timm students,
-``timm`` logits of the ``pixel_values`` in ``--inputs``) and ``report.json`` (pushed commit
-URL, repo files, the card's metadata and eval results, the image processor's preprocessing).
+``jobs.json`` is a list of ``{"folder", "repo_id", "timm", "private"}``; a job with
+``"push": false`` only pulls a repo pushed earlier. For job ``i`` it writes to
+``out_dir/i/``: ``logits.safetensors`` (``transformers`` and, for timm students, ``timm``
+logits of the ``pixel_values`` in ``--inputs``) and ``report.json`` (pushed commit URL, repo
+files, the card's metadata and eval results, the image processor's preprocessing).
+Tests start it with :func:`push_and_pull_in_fresh_process`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
@@ -26,11 +32,63 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_kd.hub import push_student_to_hub
-from hf_kd.image_processors import preprocessing_from_image_processor
+from hf_kd.models import preprocessing_for
+
+if TYPE_CHECKING:
+    from tests.hub_server import LoopbackHub
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_in_fresh_process(hub: LoopbackHub, command: list[str], home: Path) -> None:
+    """Run ``command`` in a new interpreter whose Hub libraries all point at ``hub``."""
+    env = {
+        **os.environ,
+        **hub.client_env(home),
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+
+
+def push_and_pull_in_fresh_process(
+    hub: LoopbackHub, jobs: list[dict], pixel_values: torch.Tensor, work: Path
+) -> list[tuple[dict[str, torch.Tensor], dict]]:
+    """Run this script on ``jobs`` against ``hub``; each job's logits and report."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    save_file({"pixel_values": pixel_values}, work / "inputs.safetensors")
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--jobs",
+        str(work / "jobs.json"),
+        "--inputs",
+        str(work / "inputs.safetensors"),
+        "--outputs",
+        str(work / "pulled"),
+    ]
+    run_in_fresh_process(hub, command, work / "home")
+    results = []
+    for index in range(len(jobs)):
+        outputs = work / "pulled" / str(index)
+        report = json.loads((outputs / "report.json").read_text())
+        results.append((load_file(outputs / "logits.safetensors"), report))
+    return results
+
+
+def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to float32 rounding: the weights are bit-identical, but tensors loaded from a
+    file sit at other memory alignments, which sends CPU BatchNorm down another SIMD path
+    (differences of about 1e-8)."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
 
 
 def push_and_pull(job: dict, pixel_values: torch.Tensor, outputs: Path) -> None:
-    commit_url = push_student_to_hub(job["folder"], job["repo_id"], private=job["private"])
+    commit_url = None
+    if job.get("push", True):
+        commit_url = push_student_to_hub(job["folder"], job["repo_id"], private=job["private"])
     logits = {}
     model = AutoModelForImageClassification.from_pretrained(job["repo_id"]).eval()
     with torch.no_grad():
@@ -39,9 +97,7 @@ def push_and_pull(job: dict, pixel_values: torch.Tensor, outputs: Path) -> None:
         timm_model = timm.create_model(f"hf-hub:{job['repo_id']}", pretrained=True).eval()
         with torch.no_grad():
             logits["timm"] = timm_model(pixel_values)
-    preprocessing = preprocessing_from_image_processor(
-        AutoImageProcessor.from_pretrained(job["repo_id"])
-    )
+    preprocessing = preprocessing_for(model, AutoImageProcessor.from_pretrained(job["repo_id"]))
     card = ModelCard.load(job["repo_id"])
     report = {
         "commit_url": commit_url,

@@ -104,14 +104,23 @@ class Repo:
 
 
 class HubError(Exception):
-    """An HTTP error answer, with the ``X-Error-Code`` header ``huggingface_hub`` dispatches on."""
+    """An HTTP error answer, with the ``X-Error-Code`` header ``huggingface_hub`` dispatches on,
+    and ``details`` added to its JSON body."""
 
-    def __init__(self, status: int, message: str, error_code: str | None = None, commit: str = ""):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_code: str | None = None,
+        commit: str = "",
+        details: dict | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_code = error_code
         self.commit = commit
+        self.details = details or {}
 
 
 class LoopbackHub:
@@ -210,8 +219,10 @@ class LoopbackHub:
         if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
             raise HubError(400, f"invalid repo name {name!r}")
         repo_id = f"{payload.get('organization') or self.user}/{name}"
+        url = f"{self.endpoint}/{repo_id}"
         if repo_id in self.repos:
-            raise HubError(409, f"You already created this model repo: {repo_id}")
+            # as the Hub: create_repo(exist_ok=True) reads the url from this 409 answer
+            raise HubError(409, "You already created this model repo", details={"url": url})
         repo = Repo(repo_id, private=payload.get("visibility") == "private")
         repo.commits.append(
             Commit(
@@ -222,7 +233,7 @@ class LoopbackHub:
             )
         )
         self.repos[repo_id] = repo
-        return {"url": f"{self.endpoint}/{repo_id}", "name": repo_id, "id": repo_id}
+        return {"url": url, "name": repo_id, "id": repo_id}
 
     def preupload(self, repo: Repo, payload: dict) -> dict:
         files = []
@@ -396,7 +407,7 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 if error.commit:
                     headers["X-Repo-Commit"] = error.commit
                 headers["X-Error-Message"] = error.message
-                payload = json.dumps({"error": error.message}).encode()
+                payload = json.dumps({"error": error.message, **error.details}).encode()
                 headers["Content-Type"] = "application/json"
             hub.requests.append((method, url.path, status))
             self.send_response(status)

@@ -107,3 +107,15 @@ def test_two_process_data_parallel_run(tmp_path):
         assert results[1]["eval_metrics"][key] == results[0]["eval_metrics"][key]
     for log in logs:
         assert log["loss"] == pytest.approx(log["ce_loss"] + log["kd_loss"], rel=1e-5)
+
+    # The main process saved the student and its card once; the card states the DDP setup.
+    assert results[0]["saved_files"] == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "student_card.json",
+        "training_curves.png",
+    ]
+    training = results[0]["card"]["training"]
+    assert (training["world_size"], training["global_batch_size"]) == (2, 16)
+    assert results[0]["card"]["eval_accuracy"] == results[0]["eval_metrics"]["eval_accuracy"]

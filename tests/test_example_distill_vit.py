@@ -1,4 +1,5 @@
-"""End to end: ``examples/distill_vit.py``'s ``main()`` with a patched argv on a tiny budget."""
+"""End to end: ``examples/distill_vit.py``'s ``main()`` with a patched argv on a tiny budget,
+and the same run as a script publishing its student to the loopback Hub server."""
 
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ from types import ModuleType
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
 
-from hf_kd.models import load_classifier
+from hf_kd.model_card import CARD_DATA_FILE, TRAINING_CURVES_FILE
+from hf_kd.models import count_parameters, load_classifier
+from tests.hub_client import (
+    assert_same_logits,
+    push_and_pull_in_fresh_process,
+    run_in_fresh_process,
+)
+from tests.hub_metadata import metadata_errors
+
+pytest_plugins = ("tests.hub_server",)  # the loopback_hub fixture
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "distill_vit.py"
 TINY_BUDGET = [
@@ -30,11 +41,13 @@ TINY_BUDGET = [
 ]  # fmt: skip
 
 
-def load_example() -> ModuleType:
+def load_example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import examples/distill_vit.py (examples/ is not a package) for its ``main``."""
     spec = importlib.util.spec_from_file_location("distill_vit_example", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    # its dataclasses resolve their string annotations through sys.modules
+    monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
 
@@ -43,7 +56,7 @@ def load_example() -> ModuleType:
 def test_default_story_trains_teacher_distils_saves_and_reuses_teacher(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    example = load_example()
+    example = load_example(monkeypatch)
     output_dir = tmp_path / "run"
     argv = ["distill_vit.py", "--output_dir", str(output_dir), *TINY_BUDGET]
     monkeypatch.setattr(sys, "argv", argv)
@@ -56,7 +69,7 @@ def test_default_story_trains_teacher_distils_saves_and_reuses_teacher(
     teacher_dir = output_dir / "teacher"
     assert (teacher_dir / "model.safetensors").is_file()
     assert (output_dir / "model.safetensors").is_file()
-    assert not list(output_dir.glob("pytorch_model*.bin")), "weights go to safetensors only"
+    assert not list(output_dir.glob("*.bin")), "weights must be saved as safetensors only"
 
     # The saved student reloads through both the library and plain transformers, same logits.
     student = load_classifier(str(output_dir)).eval()
@@ -77,8 +90,65 @@ def test_default_story_trains_teacher_distils_saves_and_reuses_teacher(
     assert second["teacher_eval_accuracy"] == pytest.approx(results["teacher_eval_accuracy"])
 
 
-def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
-    example = load_example()
+@pytest.mark.slow
+def test_default_story_pushed_to_the_hub_reloads_with_both_libraries(loopback_hub, tmp_path):
+    """The default story as a script with --push_to_hub: the student, its card and curves
+    reach the Hub in one commit; a fresh process loads it with transformers and with timm
+    and reads the test accuracy back from the card's model-index."""
+    repo_id = f"{loopback_hub.user}/vit-digits-mcld"
+    output_dir = tmp_path / "run"
+    command = [sys.executable, str(EXAMPLE), "--output_dir", str(output_dir), *TINY_BUDGET]
+    command += ["--push_to_hub", "--hub_model_id", repo_id]
+    run_in_fresh_process(loopback_hub, command, tmp_path / "home")
+
+    files = loopback_hub.files(repo_id)
+    assert sorted(files) == [
+        ".gitattributes",
+        "README.md",
+        "all_results.json",
+        "config.json",
+        "model.safetensors",
+        CARD_DATA_FILE,
+        TRAINING_CURVES_FILE,
+    ]  # not the teacher, trainer_state.json or any pickle
+    for name in ("model.safetensors", "README.md", TRAINING_CURVES_FILE):
+        assert files[name].content == (output_dir / name).read_bytes(), name
+
+    pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    job = {"folder": str(output_dir), "repo_id": repo_id, "timm": True, "push": False}
+    [(logits, report)] = push_and_pull_in_fresh_process(
+        loopback_hub, [job], pixels, tmp_path / "pull"
+    )
+    assert_same_logits(logits["timm"], logits["transformers"])
+    local = load_classifier(str(output_dir)).eval()
+    with torch.no_grad():
+        assert_same_logits(logits["transformers"], local(pixel_values=pixels).logits)
+    assert report["preprocessing"]["image_size"] == [32, 32]
+
+    results = json.loads((output_dir / "all_results.json").read_text())
+    [result] = report["eval_results"]
+    assert (result["task_type"], result["metric_type"]) == ("image-classification", "accuracy")
+    assert (result["dataset_name"], result["dataset_split"]) == ("digits", "test")
+    assert result["metric_value"] == round(results["eval_accuracy"], 4)
+    card = ModelCard(files["README.md"].content.decode())
+    assert metadata_errors(str(card)) == []
+    assert card.data.library_name == "timm"
+    assert {"knowledge-distillation", "mcld"} <= set(card.data.tags)
+    assert card.data.model_name == "vit-digits-mcld"
+    assert f'timm.create_model("hf-hub:{repo_id}", pretrained=True)' in card.text
+    assert "![Training curves](training_curves.png)" in card.text
+    stored = json.loads(files[CARD_DATA_FILE].content)
+    assert stored["student"]["parameters"] == count_parameters(local)
+    assert stored["teacher"]["name"] == "resnet10t"
+    assert stored["teacher_eval_accuracy"] == pytest.approx(results["teacher_eval_accuracy"])
+    assert stored["speed"]["batch_size"] == 32
+    assert stored["training"]["world_size"] == 1
+
+
+def test_help_documents_every_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = load_example(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         example.parse_arguments(["--help"])
     assert exit_info.value.code == 0
@@ -93,8 +163,8 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         assert option in text
 
 
-def test_later_flags_override_defaults() -> None:
-    example = load_example()
+def test_later_flags_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = load_example(monkeypatch)
     _, data_args, training_args = example.parse_arguments(
         ["--output_dir", "elsewhere", "--num_train_epochs", "2", "--dataset_name", "cifar"]
     )

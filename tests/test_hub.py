@@ -4,18 +4,14 @@ pull over HTTP against the loopback Hub server (tests/hub_server.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -26,13 +22,15 @@ from transformers import (
 )
 
 from hf_kd.hub import push_student_to_hub, save_student
-from hf_kd.image_processors import model_preprocessing, preprocessing_from_image_processor
 from hf_kd.model_card import ModelSummary, StudentCard, TrainingSetup, write_model_card
+from hf_kd.models import preprocessing_for
 from hf_kd.preprocessing import ImagePreprocessing
+from tests.hub_client import (
+    assert_same_logits,
+    push_and_pull_in_fresh_process,
+    run_in_fresh_process,
+)
 from tests.hub_metadata import metadata_errors
-
-if TYPE_CHECKING:
-    from tests.hub_server import LoopbackHub
 
 pytest_plugins = ("tests.hub_server",)  # the loopback_hub fixture
 
@@ -83,6 +81,15 @@ def pixel_batch() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+def assert_same_weights(model: torch.nn.Module, timm_module: torch.nn.Module) -> None:
+    """A wrapped timm model's weights and buffers equal those of a plain timm module."""
+    expected = {name.removeprefix("timm_model."): t for name, t in model.state_dict().items()}
+    loaded = timm_module.state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, expected[name]), name
+
+
 def student_card(model: torch.nn.Module, name: str, repo_id: str | None) -> StudentCard:
     return StudentCard(
         model_name=name,
@@ -113,8 +120,10 @@ def test_timm_student_export_loads_with_transformers_and_timm_identically(
         reference = model(pixel_values=inputs).logits
         via_transformers = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
         via_timm = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
-        assert torch.equal(via_transformers(pixel_values=inputs).logits, reference)
-        assert torch.equal(via_timm(inputs), reference)
+        assert_same_logits(via_transformers(pixel_values=inputs).logits, reference)
+        assert_same_logits(via_timm(inputs), reference)
+    assert_same_weights(model, via_transformers.timm_model)
+    assert_same_weights(model, via_timm)
 
     config = json.loads((tmp_path / "config.json").read_text())
     assert "num_classes" not in config["model_args"]
@@ -124,10 +133,9 @@ def test_timm_student_export_loads_with_transformers_and_timm_identically(
         assert not any(key.startswith("timm_model.") for key in weights.keys())
     assert via_transformers.config.id2label == LABELS
     # the preprocessing lives in pretrained_cfg, read by timm and by TimmWrapperImageProcessor
-    assert model_preprocessing(via_transformers) == PREPROCESSING
-    assert preprocessing_from_image_processor(AutoImageProcessor.from_pretrained(tmp_path)) == (
-        PREPROCESSING
-    )
+    assert preprocessing_for(via_transformers) == PREPROCESSING
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert preprocessing_for(via_transformers, processor) == PREPROCESSING
     assert timm.data.resolve_data_config(model=via_timm)["input_size"] == (3, 32, 32)
 
 
@@ -139,9 +147,9 @@ def test_timm_student_reloaded_by_transformers_re_exports_its_preprocessing(tmp_
     inputs = pixel_batch()
     with torch.no_grad():
         via_timm = timm.create_model(f"local-dir:{tmp_path / 'second'}", pretrained=True).eval()
-        assert torch.equal(via_timm(inputs), model(pixel_values=inputs).logits)
+        assert_same_logits(via_timm(inputs), model(pixel_values=inputs).logits)
     second = AutoModelForImageClassification.from_pretrained(tmp_path / "second")
-    assert model_preprocessing(second) == PREPROCESSING
+    assert preprocessing_for(second) == PREPROCESSING
     # the processor transformers builds for a timm repo carries timm's full data config
     processor = AutoImageProcessor.from_pretrained(tmp_path / "second")
     save_student(second, tmp_path / "third", image_processor=processor)
@@ -158,10 +166,23 @@ def test_transformers_student_export_writes_its_image_processor(tmp_path):
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
     inputs = pixel_batch()
     with torch.no_grad():
-        assert torch.equal(reloaded(pixel_values=inputs).logits, model(pixel_values=inputs).logits)
-    assert preprocessing_from_image_processor(AutoImageProcessor.from_pretrained(tmp_path)) == (
-        PREPROCESSING
-    )
+        assert_same_logits(reloaded(pixel_values=inputs).logits, model(pixel_values=inputs).logits)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert preprocessing_for(reloaded, processor) == PREPROCESSING
+
+
+@pytest.mark.parametrize("make_model", [tiny_timm_student, tiny_vit_student], ids=["timm", "vit"])
+def test_a_gathered_state_dict_replaces_the_model_weights(tmp_path, make_model):
+    """What the Trainer passes under FSDP/DeepSpeed: the weights saved are the state dict's."""
+    model = make_model()
+    with torch.no_grad():
+        gathered = {name: tensor + 1 for name, tensor in model.state_dict().items()}
+    save_student(model, tmp_path, image_processor=PREPROCESSING, state_dict=gathered)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    loaded = reloaded.state_dict()
+    assert loaded.keys() == gathered.keys()
+    for name, tensor in gathered.items():
+        assert torch.equal(loaded[name], tensor), name
 
 
 def test_push_refuses_a_folder_without_a_saved_student(tmp_path):
@@ -187,13 +208,6 @@ LOG_HISTORY = [
 ]
 
 
-def run_in_fresh_process(hub: LoopbackHub, command: list[str], home: Path) -> None:
-    """Run ``command`` in a new interpreter whose Hub libraries all point at ``hub``."""
-    env = {**os.environ, **hub.client_env(home), "PYTHONPATH": str(REPO_ROOT)}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
-
-
 @pytest.fixture(scope="module")
 def pushed_students(loopback_hub, tmp_path_factory):
     """A timm and a transformers student, saved with cards, pushed and pulled in one process."""
@@ -216,18 +230,11 @@ def pushed_students(loopback_hub, tmp_path_factory):
                 "private": True,
             }
         )
-    (work / "jobs.json").write_text(json.dumps(jobs))
-    save_file({"pixel_values": pixel_batch()}, work / "inputs.safetensors")
-    client = [sys.executable, str(REPO_ROOT / "tests" / "hub_client.py")]
-    arguments = ["--jobs", str(work / "jobs.json"), "--inputs", str(work / "inputs.safetensors")]
-    run_in_fresh_process(
-        loopback_hub, [*client, *arguments, "--outputs", str(work / "pulled")], work / "home"
-    )
-    pulled = {}
-    for index, job in enumerate(jobs):
-        outputs = work / "pulled" / str(index)
-        report = json.loads((outputs / "report.json").read_text())
-        pulled[job["repo_id"]] = (load_file(outputs / "logits.safetensors"), report, job["folder"])
+    results = push_and_pull_in_fresh_process(loopback_hub, jobs, pixel_batch(), work)
+    pulled = {
+        job["repo_id"]: (logits, report, job["folder"])
+        for job, (logits, report) in zip(jobs, results, strict=True)
+    }
     return students, pulled
 
 
@@ -236,8 +243,8 @@ def test_timm_student_pushed_to_the_hub_reloads_with_both_libraries(loopback_hub
     logits, report, folder = pulled[TIMM_REPO]
     with torch.no_grad():
         reference = students[TIMM_REPO](pixel_values=pixel_batch()).logits
-    assert torch.equal(logits["transformers"], reference)
-    assert torch.equal(logits["timm"], reference)
+    assert_same_logits(logits["transformers"], reference)
+    assert_same_logits(logits["timm"], reference)
     expected_files = [
         ".gitattributes",
         "README.md",
@@ -277,7 +284,7 @@ def test_transformers_student_pushed_to_the_hub_reloads_with_its_processor(pushe
     logits, report, _ = pulled[VIT_REPO]
     with torch.no_grad():
         reference = students[VIT_REPO](pixel_values=pixel_batch()).logits
-    assert torch.equal(logits["transformers"], reference)
+    assert_same_logits(logits["transformers"], reference)
     assert "preprocessor_config.json" in report["files"]
     assert report["preprocessing"] == {
         "image_size": list(PREPROCESSING.image_size),

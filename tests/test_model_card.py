@@ -22,7 +22,7 @@ from hf_kd.model_card import (
     write_model_card,
 )
 from hf_kd.plots import training_curves
-from hf_kd.speed import InferenceSpeed, count_parameters, measure_inference_speed
+from hf_kd.speed import InferenceSpeed, measure_inference_speed
 from hf_kd.transfer import LinearProbeConfig, TransferResult
 from tests.hub_metadata import metadata_errors
 
@@ -287,8 +287,7 @@ class TinyClassifier(torch.nn.Module):
         return self.linear(pixel_values)
 
 
-def test_parameter_count_and_speed_measurement():
-    assert count_parameters(TinyClassifier()) == 3 * 4 + 4
+def test_speed_measurement():
     assert InferenceSpeed(30.0, 10.0, 8, "cpu", 1).speedup == 3.0
     teacher, student = TinyClassifier(), TinyClassifier()
     speed = measure_inference_speed(teacher, student, torch.randn(8, 3), repeats=3, warmup=1)

@@ -131,8 +131,9 @@ def test_resume_from_checkpoint_keeps_weights_and_warmup(tmp_path):
     assert len(saved_parameters) == sum(1 for _ in uninterrupted.model.parameters())
 
 
-def test_load_best_model_at_end_restores_every_layer(tmp_path):
-    student = tiny_vit(seed=1)
+@pytest.mark.parametrize("make_student", [tiny_vit, tiny_timm], ids=["vit", "timm"])
+def test_load_best_model_at_end_restores_every_layer(tmp_path, make_student):
+    student = make_student(seed=1)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=tiny_vit(seed=2),
@@ -270,16 +271,17 @@ def test_every_loss_part_is_logged(tmp_path, method):
     )
     trainer.train()
     loss_fn = trainer.distillation_loss
-    logs = training_logs(trainer)
-    epochs_per_step = logs[0]["epoch"]
-    for log in logs:
+    steps_per_epoch = 2  # 16 samples, batches of 8
+    for log in training_logs(trainer):
         terms = {
             key.removeprefix("kd_loss/"): log[key] for key in log if key.startswith("kd_loss/")
         }
         assert set(terms) <= set(loss_fn.term_names) and terms
-        # A log carries the 0-based epoch after its step; the loss saw the 1-based epoch at
-        # the start of the step (MCLD's category warm-up reads it).
-        weights = loss_fn.term_weights(1.0 + log["epoch"] - epochs_per_step)
+        # the loss saw the 1-based epoch at the start of the step (MCLD's category ramp);
+        # the log records the 0-based epoch at its end
+        loss_epoch = 1.0 + (log["step"] - 1) / steps_per_epoch
+        assert log["epoch"] == pytest.approx(log["step"] / steps_per_epoch)
+        weights = loss_fn.term_weights(loss_epoch)
         assert log["kd_loss"] == pytest.approx(
             sum(weights[name] * value for name, value in terms.items()), rel=1e-5
         )

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from hf_kd.data.loading import IMAGE_COLUMN, LABEL_COLUMN, ROW_INDEX_COLUMN
-from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.preprocessing import ImagePreprocessing, pil_resampling
 
 Augmentation = Literal["default", "crop", "none"]
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
@@ -47,14 +47,6 @@ TEACHER_LOGITS_COLUMN = "teacher_logits"
 VIEW_INDEX_COLUMN = "view_index"
 STACKED_KEYS = ("pixel_values", "teacher_pixel_values", TEACHER_LOGITS_COLUMN)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-_PIL_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
 
 BatchTransform = Callable[[Mapping[str, Sequence[Any]]], dict[str, list[Any]]]
 
@@ -82,7 +74,7 @@ class ViewReplay:
             raise ValueError(f"num_views must be >= 1, got {self.num_views}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        _resample(self.interpolation)
+        pil_resampling(self.interpolation)
 
 
 @dataclass(frozen=True)
@@ -129,7 +121,7 @@ def build_transforms(
     if teacher_preprocessing is not None:
         outputs["teacher_pixel_values"] = teacher_preprocessing
     for target in outputs.values():
-        _resample(target.interpolation)  # an unsupported interpolation fails here, not mid-epoch
+        pil_resampling(target.interpolation)  # an unknown interpolation fails here, not mid-epoch
     if views is None:
         canonical_size = (
             max(target.image_size[0] for target in outputs.values()),
@@ -253,7 +245,7 @@ def _resize_and_crop(image: Image.Image, size: tuple[int, int], interpolation: s
         max(height, round(image.height * scale)),
     )
     if resized_size != image.size:
-        image = image.resize(resized_size, _resample(interpolation))
+        image = image.resize(resized_size, pil_resampling(interpolation))
     left = (image.width - width) // 2
     top = (image.height - height) // 2
     return image.crop((left, top, left + width, top + height))
@@ -321,16 +313,8 @@ def _apply_augmentation(view: Image.Image, augmentation: _Augmentation) -> Image
 def _to_normalised_tensor(view: Image.Image, target: ImagePreprocessing) -> torch.Tensor:
     height, width = target.image_size
     if view.size != (width, height):
-        view = view.resize((width, height), _resample(target.interpolation))
+        view = view.resize((width, height), pil_resampling(target.interpolation))
     pixels = torch.from_numpy(np.asarray(view, dtype=np.float32).copy()).permute(2, 0, 1) / 255
     mean = torch.tensor(target.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(target.std, dtype=torch.float32).view(3, 1, 1)
     return (pixels - mean) / std
-
-
-def _resample(interpolation: str) -> Image.Resampling:
-    if interpolation not in _PIL_RESAMPLE:
-        raise ValueError(
-            f"interpolation {interpolation!r} is not supported; use one of {sorted(_PIL_RESAMPLE)}"
-        )
-    return _PIL_RESAMPLE[interpolation]

@@ -2,12 +2,14 @@
 
 Run as ``accelerate launch --multi_gpu --num_processes 2 tests/scripts/distill_ddp.py
 --use_cpu --output_dir DIR --result_file FILE``. Every rank asserts that it runs in a
-2-process group, trains, evaluates and writes ``FILE.rank<r>.json`` for the test to check.
+2-process group, trains, evaluates, saves the student with its card and writes
+``FILE.rank<r>.json`` for the test to check.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,8 @@ def main() -> None:
     )
     trainer.train()
     metrics = trainer.evaluate()
+    trainer.save_model()  # the main process writes the student and its card
+    accelerator.wait_for_everyone()
 
     weights = torch.nn.utils.parameters_to_vector(student.parameters()).detach()
     all_weights = accelerator.gather(weights[None]).cpu()
@@ -64,6 +68,8 @@ def main() -> None:
         "weights_changed": bool((weights.cpu() - initial_weights.cpu()).abs().max() > 0),
         "training_logs": [entry for entry in trainer.state.log_history if "loss" in entry],
         "eval_metrics": metrics,
+        "saved_files": sorted(os.listdir(args.output_dir)),
+        "card": json.loads((Path(args.output_dir) / "student_card.json").read_text()),
     }
     path = Path(f"{script_args.result_file}.rank{accelerator.process_index}.json")
     path.write_text(json.dumps(result, indent=2))
