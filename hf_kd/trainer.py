@@ -34,10 +34,10 @@ with one host sync. The Trainer's own per-step read of the loss (``logging_nan_i
 is off by default in :class:`hf_kd.arguments.DistillationArguments`, and the default fused
 AdamW reads nothing either (``tests/test_lean_step.py`` checks all this with
 :func:`hf_kd.host_sync.record_host_syncs`). The student runs one forward per micro-batch, the
-teacher one under ``torch.inference_mode`` (none with cached logits);
-``--channels_last`` and ``--teacher_torch_compile`` apply to both models as documented in the
-arguments. The reporting integrations show the training keys under ``train/`` and the
-evaluation ones under ``eval/``.
+teacher one under ``torch.inference_mode`` (none with cached logits). ``--channels_last``
+puts both models and the image batches in NHWC layout; ``--torch_compile`` compiles the
+student and ``--teacher_torch_compile`` the teacher, each on its own. The reporting
+integrations show the training keys under ``train/`` and the evaluation ones under ``eval/``.
 """
 
 from __future__ import annotations
