@@ -273,10 +273,12 @@ class DistillationTrainer(Trainer):
         accumulated micro-batches (``loss_is_scaled_for_ga = False``).
         """
         labels = inputs["labels"]
-        student_outputs = model(pixel_values=inputs["pixel_values"])
-        student_logits = student_outputs.logits
+        # The teacher first: its activations are freed before the student's, which the
+        # backward needs, are allocated, so the two never add up at the memory peak.
         with self.accelerator.autocast():
             teacher_logits = self.teacher(inputs)
+        student_outputs = model(pixel_values=inputs["pixel_values"])
+        student_logits = student_outputs.logits
         if not self._inputs_validated:
             # One host sync on the first step: label range and finite logits. Later steps
             # count non-finite logits on the device and log() checks them.

@@ -64,6 +64,14 @@ def test_a_small_run_writes_both_result_files(tmp_path):
         assert results[f"{name}_ms"] > 0 and results[f"{name}_cpu_ms"] > 0
         assert results[f"{name}_samples"] == 2
         assert results[f"{name}_peak_mb"] > 0
+        assert set(results[f"{name}_phases_cpu_ms"]) == set(bench_trainer.PHASES)
+    # Each configuration's step holds the forwards it should, and only those.
+    phases = {name: results[f"{name}_phases_cpu_ms"] for name in ("plain", "live", "cached")}
+    assert phases["live"]["teacher forward"] > 0
+    assert phases["plain"]["teacher forward"] == phases["cached"]["teacher forward"] == 0
+    assert all(phases[name]["student forward"] > 0 for name in phases)
+    teacher_alone = results["teacher_fwd_phases_cpu_ms"]
+    assert teacher_alone["teacher forward"] == results["teacher_fwd_cpu_ms"]
     # resnet18's 11.2 M float32 parameters and its BatchNorm buffers, 10 classes
     assert results["teacher_weights_mb"] == pytest.approx(42.7, abs=0.1)
     # The live run holds the teacher's weights on top of what the cached run holds.
