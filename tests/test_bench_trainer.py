@@ -23,8 +23,10 @@ def test_time_and_memory_targets():
     }
     assert bench_trainer.time_targets(results, "ms") == {
         "live_ms_limit": 157.5,
+        "live_ms_ratio": 1.05,
         "live_ms_met": True,
         "cached_ms_limit": 105.0,
+        "cached_ms_ratio": 1.051,
         "cached_ms_met": False,
     }
     assert bench_trainer.memory_target(results) == {
