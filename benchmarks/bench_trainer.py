@@ -36,7 +36,9 @@ count. ``torch.set_num_threads`` is fixed (``--threads``, 1 by default) in every
 The same runs split each step's CPU time into phases with forward hooks on the two models
 and the optimizer callbacks (:class:`StepTimer`): student forward, teacher forward, loss +
 backward + clipping, optimizer, the rest; that table is the breakdown to read when a target
-is missed.
+is missed. Last, one run per configuration under ``torch.profiler`` lists the ATen calls
+that the distillation steps add to the plain step (and to the teacher's forward): exact
+call counts, so an extra student forward or a stray copy would show at once.
 
 How memory is measured. Each configuration runs in its own subprocess. After the imports
 the process notes its resident set size (RSS), builds its models (the student, the teacher,
@@ -385,6 +387,99 @@ def measure_step_times(settings: Settings) -> dict[str, StepTimes]:
     return times
 
 
+# ---- operators ----
+
+OperatorKey = tuple[str, str]  # (ATen operator, its input shapes)
+
+
+class OperatorProfile:
+    """ATen calls per step and their self CPU time, from ``torch.profiler``."""
+
+    def __init__(self) -> None:
+        self.calls: dict[OperatorKey, float] = {}
+        self.self_cpu_ms: dict[OperatorKey, float] = {}
+
+    def read(self, profiler: torch.profiler.profile, steps: int) -> None:
+        for event in profiler.key_averages(group_by_input_shape=True):
+            if event.key.startswith("aten::"):
+                key = (event.key, str(event.input_shapes))
+                self.calls[key] = event.count / steps
+                self.self_cpu_ms[key] = event.self_cpu_time_total / 1e3 / steps
+
+
+class ProfiledSteps(TrainerCallback):
+    """Profiles the optimizer steps after ``warmup``, ``on_step_begin`` to ``on_step_end``."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.profile = OperatorProfile()
+        self._profiler: torch.profiler.profile | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            self._profiler = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+            )
+            self._profiler.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._profiler is not None and state.global_step == self.warmup + self.steps:
+            self._profiler.__exit__(None, None, None)
+            self.profile.read(self._profiler, self.steps)
+            self._profiler = None
+
+
+def profile_operators(settings: Settings) -> dict[str, OperatorProfile]:
+    """One profiled run per configuration: which ATen calls each step makes."""
+    student, teacher = build_student(), build_teacher()
+    batch = build_batch(settings.batch_size)
+    profiles: dict[str, OperatorProfile] = {}
+    with tempfile.TemporaryDirectory() as output_dir:
+        for configuration in ("plain", "live", "cached"):
+            callback = ProfiledSteps(settings.warmup, settings.steps)
+            trainer = build_trainer(
+                configuration,
+                copy.deepcopy(student),
+                teacher,
+                batch,
+                settings,
+                output_dir,
+                [callback],
+            )
+            trainer.train()
+            profiles[configuration] = callback.profile
+    time_teacher_forward(teacher, batch, settings.warmup)
+    profiles["teacher_fwd"] = OperatorProfile()
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+    ) as profiler:
+        time_teacher_forward(teacher, batch, settings.steps)
+    profiles["teacher_fwd"].read(profiler, settings.steps)
+    return profiles
+
+
+def added_operators(
+    profiles: dict[str, OperatorProfile], configuration: str, references: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The ATen calls per step of ``configuration`` beyond those of the ``references``
+    together, each with its estimated self CPU time (extra calls x mean time per call)."""
+    measured = profiles[configuration]
+    added = []
+    for key, calls in measured.calls.items():
+        extra = calls - sum(profiles[name].calls.get(key, 0.0) for name in references)
+        if extra > 0:
+            per_call = measured.self_cpu_ms[key] / calls
+            added.append(
+                {
+                    "operator": key[0],
+                    "input_shapes": key[1],
+                    "calls": round(extra, 2),
+                    "self_cpu_ms": round(extra * per_call, 3),
+                }
+            )
+    return sorted(added, key=lambda entry: -entry["self_cpu_ms"])
+
+
 # ---- memory ----
 
 
@@ -481,7 +576,10 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def summarise(
-    times: dict[str, StepTimes], memory: dict[str, dict[str, float]], settings: Settings
+    times: dict[str, StepTimes],
+    memory: dict[str, dict[str, float]],
+    profiles: dict[str, OperatorProfile],
+    settings: Settings,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, measured in times.items():
@@ -497,6 +595,8 @@ def summarise(
     for name in CONFIGURATIONS:
         results[f"{name}_peak_mb"] = round(memory[name]["peak_mb"], 1)
     results["teacher_weights_mb"] = round(memory["live"]["teacher_weights_mb"], 1)
+    results["live_added_operators"] = added_operators(profiles, "live", ["plain", "teacher_fwd"])
+    results["cached_added_operators"] = added_operators(profiles, "cached", ["plain"])
     results["targets"] = {
         **time_targets(results, "ms"),
         **time_targets(results, "cpu_ms"),
@@ -627,8 +727,35 @@ def markdown_section(results: dict[str, Any], command: str) -> str:
             for name, label in ROW_LABELS.items()
         ),
         "",
+        *added_operators_lines(results),
     ]
     return "\n".join(lines)
+
+
+def added_operators_lines(results: dict[str, Any], shown: int = 8) -> list[str]:
+    """What distillation adds to a step, by ATen call, from ``torch.profiler``."""
+    live, cached = results["live_added_operators"], results["cached_added_operators"]
+
+    def total(added: list[dict[str, Any]], key: str) -> float:
+        return sum(entry[key] for entry in added)
+
+    return [
+        "ATen calls per step that distillation adds (`torch.profiler`, one profiled run per "
+        "configuration; call counts are exact, self CPU time is estimated as extra calls x "
+        "mean time per call): the live step beyond plain + teacher forward makes "
+        f"{total(live, 'calls'):.0f} more calls, {total(live, 'self_cpu_ms'):.2f} ms; the "
+        f"cached step beyond plain {total(cached, 'calls'):.0f} calls, "
+        f"{total(cached, 'self_cpu_ms'):.2f} ms. The costliest added calls of the live step:",
+        "",
+        "| ATen operator | input shapes | calls | self CPU ms |",
+        "|---|---|---|---|",
+        *(
+            f"| `{entry['operator']}` | `{entry['input_shapes']}` | {entry['calls']:g} | "
+            f"{entry['self_cpu_ms']:.3f} |"
+            for entry in live[:shown]
+        ),
+        "",
+    ]
 
 
 def replace_section(document: str, heading: str, section: str) -> str:
@@ -703,7 +830,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     torch.set_num_threads(settings.threads)
     memory = {name: measure_peak_memory(name, settings) for name in CONFIGURATIONS}
     times = measure_step_times(settings)
-    results = summarise(times, memory, settings)
+    profiles = profile_operators(settings)
+    results = summarise(times, memory, profiles, settings)
     command = "python benchmarks/bench_trainer.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
