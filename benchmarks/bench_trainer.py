@@ -399,16 +399,26 @@ class OperatorProfile:
         self.calls: dict[OperatorKey, float] = {}
         self.self_cpu_ms: dict[OperatorKey, float] = {}
 
-    def read(self, profiler: torch.profiler.profile, steps: int) -> None:
+    def add(self, profiler: torch.profiler.profile, steps: int) -> None:
+        """Add a profile of one or more steps, as per-step averages over ``steps``."""
         for event in profiler.key_averages(group_by_input_shape=True):
             if event.key.startswith("aten::"):
                 key = (event.key, str(event.input_shapes))
-                self.calls[key] = event.count / steps
-                self.self_cpu_ms[key] = event.self_cpu_time_total / 1e3 / steps
+                self.calls[key] = self.calls.get(key, 0.0) + event.count / steps
+                self.self_cpu_ms[key] = (
+                    self.self_cpu_ms.get(key, 0.0) + event.self_cpu_time_total / 1e3 / steps
+                )
+
+
+def cpu_profiler() -> torch.profiler.profile:
+    return torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+    )
 
 
 class ProfiledSteps(TrainerCallback):
-    """Profiles the optimizer steps after ``warmup``, ``on_step_begin`` to ``on_step_end``."""
+    """Profiles each optimizer step after ``warmup``, ``on_step_begin`` to ``on_step_end``
+    (the batch fetches between steps stay out, as in the timed window)."""
 
     def __init__(self, warmup: int, steps: int) -> None:
         self.warmup, self.steps = warmup, steps
@@ -416,16 +426,14 @@ class ProfiledSteps(TrainerCallback):
         self._profiler: torch.profiler.profile | None = None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.warmup:
-            self._profiler = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
-            )
+        if state.global_step >= self.warmup:
+            self._profiler = cpu_profiler()
             self._profiler.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._profiler is not None and state.global_step == self.warmup + self.steps:
+        if self._profiler is not None:
             self._profiler.__exit__(None, None, None)
-            self.profile.read(self._profiler, self.steps)
+            self.profile.add(self._profiler, self.steps)
             self._profiler = None
 
 
@@ -450,11 +458,9 @@ def profile_operators(settings: Settings) -> dict[str, OperatorProfile]:
             profiles[configuration] = callback.profile
     time_teacher_forward(teacher, batch, settings.warmup)
     profiles["teacher_fwd"] = OperatorProfile()
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
-    ) as profiler:
+    with cpu_profiler() as profiler:
         time_teacher_forward(teacher, batch, settings.steps)
-    profiles["teacher_fwd"].read(profiler, settings.steps)
+    profiles["teacher_fwd"].add(profiler, settings.steps)
     return profiles
 
 

@@ -78,6 +78,12 @@ def test_a_small_run_writes_both_result_files(tmp_path):
     assert results["teacher_weights_mb"] == pytest.approx(42.7, abs=0.1)
     # The live run holds the teacher's weights on top of what the cached run holds.
     assert results["live_peak_mb"] > results["cached_peak_mb"] + 0.8 * 42.7
+    # The distillation steps add only the loss's small ops: no second student forward.
+    model_operators = {"aten::mm", "aten::addmm", "aten::convolution", "aten::linear"}
+    for name in ("live", "cached"):
+        added = {entry["operator"] for entry in results[f"{name}_added_operators"]}
+        assert "aten::_log_softmax" in added
+        assert not added & model_operators, name
     assert results["machine"]["device"] == "cpu"
     markdown = markdown_path.read_text()
     assert "## Other\n\nkept" in markdown
