@@ -23,6 +23,8 @@ from hf_kd.preprocessing import ImagePreprocessing
 logger = logging.getLogger(__name__)
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DEFAULT_COMPILE_BACKEND = "inductor"
 # The preset whose warm-up stands for a method's own default when no preset is chosen: the
 # loss hyperparameter defaults are the CIFAR-100 official ones too (spec section A).
 DEFAULT_WARMUP_PRESET = "cifar100"
@@ -36,7 +38,8 @@ class DistillationArguments(TrainingArguments):
     ``w`` the outer warm-up of DKD, RLD and NormKD+DKD (see
     :class:`hf_kd.objective.DistillationObjective`).
 
-    One parent default changes: ``remove_unused_columns=False``.
+    Two parent defaults change: ``remove_unused_columns=False`` and
+    ``logging_nan_inf_filter=False`` (see their help).
     """
 
     remove_unused_columns: bool = field(
@@ -47,6 +50,16 @@ class DistillationArguments(TrainingArguments):
             "`with_transform` need their raw `image` column to build `pixel_values` (with True "
             "they fail with `KeyError: 'image'`), and the trainer reads the optional "
             "`teacher_pixel_values` and `teacher_logits` columns itself."
+        },
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace a NaN/inf step loss in the logged training loss by the running mean. "
+            "hf-kd changes the Trainer default from True to False: the filter reads every step's "
+            "loss on the host, a device synchronisation in every training step. hf-kd instead "
+            "counts non-finite logits and loss parts on the device and raises a ValueError at the "
+            "next log, naming the teacher or the student."
         },
     )
     distillation_method: str = field(
@@ -147,8 +160,46 @@ class DistillationArguments(TrainingArguments):
         },
     )
 
+    channels_last: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the student's and the teacher's 4-D weights and the image batches "
+            "(pixel_values, teacher_pixel_values, converted on the device) in channels_last "
+            "(NHWC) memory format. Usually faster for convolutional models on GPUs with tensor "
+            "cores and on CPUs (oneDNN); little effect on ViTs, whose only convolution is the "
+            "patch embedding. Numerically the same model."
+        },
+    )
+    teacher_torch_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Compile the teacher's forward with torch.compile (it runs in inference "
+            "mode, so only its forward graph is compiled). Independent of --torch_compile, "
+            "which compiles the student. Set automatically by --teacher_torch_compile_backend "
+            "or --teacher_torch_compile_mode."
+        },
+    )
+    teacher_torch_compile_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "torch.compile backend for the teacher, e.g. 'inductor', 'aot_eager' "
+            "(torch._dynamo.list_backends()). None: the student's --torch_compile_backend if "
+            "set, else 'inductor'."
+        },
+    )
+    teacher_torch_compile_mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = field(
+        default=None,
+        metadata={
+            "help": "torch.compile mode for the teacher (inductor only). None: torch's default."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.teacher_torch_compile_backend is not None or self.teacher_torch_compile_mode:
+            self.teacher_torch_compile = True
         if isinstance(self.loss_kwargs, str):
             try:
                 self.loss_kwargs = json.loads(self.loss_kwargs)
@@ -187,6 +238,7 @@ class DistillationArguments(TrainingArguments):
                 f"--warmup_schedule must be one of {WARMUP_SCHEDULES}, got {self.warmup_schedule!r}"
             )
         self._check_teacher_preprocessing()
+        self._check_teacher_compile()
         objective = self.resolve_objective()
         if objective.ce_weight == 0 and objective.kd_weight == 0:
             raise ValueError("--ce_weight and --kd_weight are both 0: nothing would be trained")
@@ -214,6 +266,36 @@ class DistillationArguments(TrainingArguments):
                 f"--teacher_interpolation must be one of {INTERPOLATIONS}, "
                 f"got {self.teacher_interpolation!r}"
             )
+
+    def _check_teacher_compile(self) -> None:
+        mode = self.teacher_torch_compile_mode
+        if mode is not None and mode not in TORCH_COMPILE_MODES:
+            raise ValueError(
+                f"--teacher_torch_compile_mode must be one of {TORCH_COMPILE_MODES}, got {mode!r}"
+            )
+        backend = self.teacher_torch_compile_backend
+        if backend is not None:
+            import torch._dynamo  # imported only when asked for: it takes a second
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if backend not in backends:
+                raise ValueError(
+                    f"unknown --teacher_torch_compile_backend {backend!r}; torch.compile "
+                    f"backends: {', '.join(backends)}"
+                )
+
+    def resolve_teacher_compile(self) -> dict[str, str] | None:
+        """``torch.compile`` keyword arguments for the teacher; ``None`` leaves it eager."""
+        if not self.teacher_torch_compile:
+            return None
+        options = {
+            "backend": self.teacher_torch_compile_backend
+            or self.torch_compile_backend
+            or DEFAULT_COMPILE_BACKEND
+        }
+        if self.teacher_torch_compile_mode is not None:
+            options["mode"] = self.teacher_torch_compile_mode
+        return options
 
     def resolve_objective(self) -> DistillationObjective:
         """The objective of this run: explicit values > the preset > the defaults.

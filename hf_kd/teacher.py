@@ -4,7 +4,8 @@ The teacher is never part of the student's module tree (so never in a checkpoint
 trained and never wrapped in DDP. :class:`FrozenTeacher` turns a student batch into float32
 teacher logits, taking, in order of preference, cached ``teacher_logits``, a
 ``teacher_pixel_values`` column, or the student's ``pixel_values`` mapped on the device to
-the teacher's resolution and normalisation.
+the teacher's resolution and normalisation. It runs the teacher under
+``torch.inference_mode``: no autograd graph, no version counters, nothing kept for a backward.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, is_compiled_module
 from torch import Tensor, nn
 
 from hf_kd.preprocessing import ImagePreprocessing
@@ -99,6 +100,9 @@ class FrozenTeacher:
         preprocessing: the input the teacher expects; ``None`` = the student's.
         student_preprocessing: how the batch's ``pixel_values`` were made; needed only when
             the two differ and the batch has no ``teacher_pixel_values``.
+        inference_mode: run the teacher under ``torch.inference_mode``; ``False`` uses
+            ``torch.no_grad``, for teachers sharded by FSDP or DeepSpeed, whose parameter
+            gathering is not supported in inference mode.
     """
 
     def __init__(
@@ -106,8 +110,11 @@ class FrozenTeacher:
         model: nn.Module | None,
         preprocessing: ImagePreprocessing | None = None,
         student_preprocessing: ImagePreprocessing | None = None,
+        *,
+        inference_mode: bool = True,
     ):
         self.model = freeze(model) if model is not None else None
+        self.inference_mode = inference_mode
         self.preprocessing = preprocessing
         self.student_preprocessing = student_preprocessing
         self.pixel_mapping = (
@@ -153,13 +160,22 @@ class FrozenTeacher:
         # callback or user code does, dropout and batch statistics would silently change.
         if self.model.training:
             self.model.eval()
-        with torch.no_grad():
+        grad_free = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with grad_free:
             output = self.model(pixel_values=self.teacher_pixel_values(batch))
         logits = output.logits if hasattr(output, "logits") else output
-        return logits.float()
+        # Copied out of inference mode into a normal tensor: an inference tensor cannot be
+        # saved for the student's backward (a loss multiplying student by teacher logits).
+        return logits.to(torch.float32, copy=self.inference_mode)
 
 
-def prepare_teacher(model: nn.Module, accelerator: Accelerator) -> nn.Module:
+def prepare_teacher(
+    model: nn.Module,
+    accelerator: Accelerator,
+    *,
+    channels_last: bool = False,
+    compile_options: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """Place a frozen teacher the way TRL places reference models, for inference only.
 
     * DeepSpeed: its own inference engine; ZeRO-3 shards it like the student, any other
@@ -169,14 +185,29 @@ def prepare_teacher(model: nn.Module, accelerator: Accelerator) -> nn.Module:
       its forward autocast to the run's mixed precision with outputs upcast to float32, and
       never wrapped in DDP (it has no gradients to synchronise).
 
+    ``channels_last`` converts its 4-D weights to that memory format first. The placed
+    teacher is compiled with ``torch.compile(**compile_options)`` when they are given, and
+    left eager otherwise: Accelerate compiles every model it prepares when the student is
+    compiled (``--torch_compile``), and that compile is undone here, so the teacher's
+    compilation is chosen on its own (``--teacher_torch_compile``).
+
     The DeepSpeed and FSDP branches need GPUs and are not exercised by the CPU test suite.
     """
     freeze(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return _prepare_deepspeed(model, accelerator)
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return _prepare_fsdp(model, accelerator)
-    return accelerator.prepare_model(model, evaluation_mode=True)
+        prepared = _prepare_deepspeed(model, accelerator)
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        prepared = _prepare_fsdp(model, accelerator)
+    else:
+        prepared = accelerator.prepare_model(model, evaluation_mode=True)
+    if is_compiled_module(prepared):
+        # Accelerate's own compile, with the student's settings.
+        prepared = prepared._orig_mod
+    if compile_options is None:
+        return prepared
+    return torch.compile(prepared, **compile_options)
 
 
 def _hidden_size(model: nn.Module) -> int | None:

@@ -32,14 +32,20 @@ latest evaluation's accuracy, ``student_card.json``, ``training_curves.png``), s
 run leaves a complete folder; ``push_to_hub`` saves the same folder and uploads its student
 files (:data:`hf_kd.hub.STUDENT_REPO_FILES`) as one commit.
 
-Logging without host syncs: the step keeps ``ce_loss``, ``kd_loss``, every loss term
-(``kd_loss/<term>``), the warm-up factor ``kd_warmup_factor`` and counts of non-finite
-logits as device tensors; :meth:`DistillationTrainer.log` averages them over micro-batches
-and processes once per log and raises ``ValueError`` if anything was NaN/inf. The first
-training step validates its inputs (label range, finite logits) with one host sync. The
-reporting integrations show the training keys under ``train/`` and the evaluation ones
-under ``eval/``. Non-finite logits thus stop training at the latest at the next log, as
-a ``ValueError`` naming the teacher or the student.
+A lean step: after the first, a training step never waits for the device. It keeps
+``ce_loss``, ``kd_loss``, every loss term (``kd_loss/<term>``), the warm-up factor
+``kd_warmup_factor`` and counts of non-finite logits as device tensors;
+:meth:`DistillationTrainer.log` averages them over micro-batches and processes once per log
+(the only host read) and raises ``ValueError`` if anything was NaN/inf, naming the teacher
+or the student. The first training step validates its inputs (label range, finite logits)
+with one host sync. The Trainer's own per-step read of the loss (``logging_nan_inf_filter``)
+is off by default in :class:`hf_kd.arguments.DistillationArguments`, and the default fused
+AdamW reads nothing either (``tests/test_lean_step.py`` checks all this with
+:func:`hf_kd.host_sync.record_host_syncs`). The student runs one forward per micro-batch, the
+teacher one under ``torch.inference_mode`` (none with cached logits). ``--channels_last``
+puts both models and the image batches in NHWC layout; ``--torch_compile`` compiles the
+student and ``--teacher_torch_compile`` the teacher, each on its own. The reporting
+integrations show the training keys under ``train/`` and the evaluation ones under ``eval/``.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ DEFAULT_LICENSE = "apache-2.0"
 # DistillationLoss constructor arguments that are not hyperparameters of the method (the
 # card states logit standardisation on its own).
 NOT_LOSS_HYPERPARAMETERS = ("check_values", "logit_standardization")
+IMAGE_COLUMNS = ("pixel_values", "teacher_pixel_values")
 
 
 class RunningMeans:
@@ -195,6 +202,8 @@ class DistillationTrainer(Trainer):
             compute_metrics = compute_accuracy_metrics
             if preprocess_logits_for_metrics is None:
                 preprocess_logits_for_metrics = top_k_class_indices
+        if model is not None and args.channels_last:
+            model.to(memory_format=torch.channels_last)
         super().__init__(
             model=model,
             args=args,
@@ -226,12 +235,21 @@ class DistillationTrainer(Trainer):
         self.distillation_loss = build_loss(
             self.objective.method, **self.objective.loss_kwargs, check_values=False
         ).to(self.args.device)
+        if teacher_model is not None:
+            teacher_model = prepare_teacher(
+                teacher_model,
+                self.accelerator,
+                channels_last=args.channels_last,
+                compile_options=args.resolve_teacher_compile(),
+            )
         self.teacher = FrozenTeacher(
-            prepare_teacher(teacher_model, self.accelerator) if teacher_model is not None else None,
+            teacher_model,
             preprocessing=args.resolve_teacher_preprocessing(
                 teacher_preprocessing or student_preprocessing
             ),
             student_preprocessing=student_preprocessing,
+            # FSDP and DeepSpeed gather sharded parameters, which inference mode does not allow.
+            inference_mode=not (self.is_fsdp_enabled or self.is_deepspeed_enabled),
         )
         if self.teacher.maps_student_pixels:
             logger.info(
@@ -243,6 +261,23 @@ class DistillationTrainer(Trainer):
         self._train_means = RunningMeans()
         self._eval_means = RunningMeans()
         self._inputs_validated = False
+
+    # ---- inputs and models ----
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        model = super().call_model_init(trial)
+        if self.args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """On the device; image batches in channels_last when ``args.channels_last``."""
+        inputs = super()._prepare_inputs(inputs)
+        if self.args.channels_last:
+            for name in IMAGE_COLUMNS:
+                if isinstance(inputs.get(name), Tensor) and inputs[name].ndim == 4:
+                    inputs[name] = inputs[name].contiguous(memory_format=torch.channels_last)
+        return inputs
 
     # ---- the objective ----
 
@@ -291,10 +326,12 @@ class DistillationTrainer(Trainer):
         accumulated micro-batches (``loss_is_scaled_for_ga = False``).
         """
         labels = inputs["labels"]
-        student_outputs = model(pixel_values=inputs["pixel_values"])
-        student_logits = student_outputs.logits
+        # The teacher first: its activations are freed before the student's, which the
+        # backward needs, are allocated, so the two never add up at the memory peak.
         with self.accelerator.autocast():
             teacher_logits = self.teacher(inputs)
+        student_outputs = model(pixel_values=inputs["pixel_values"])
+        student_logits = student_outputs.logits
         if not self._inputs_validated:
             # One host sync on the first step: label range and finite logits. Later steps
             # count non-finite logits on the device and log() checks them.

@@ -50,19 +50,28 @@ def test_help_documents_every_field(capsys):
         "teacher_image_std",
         "teacher_interpolation",
         "eval_with_teacher",
+        "channels_last",
+        "teacher_torch_compile",
+        "teacher_torch_compile_backend",
+        "teacher_torch_compile_mode",
     }
     for name in DISTILLATION_FIELDS:
         assert f"--{name}" in usage
-    # The changed parent default is stated with its reason.
+    # The changed parent defaults are stated with their reasons.
     assert "KeyError: 'image'" in " ".join(usage.split())
+    assert "a device synchronisation in every training step" in " ".join(usage.split())
 
 
 def test_defaults(tmp_path):
     fields = {field.name: field for field in dataclasses.fields(DistillationArguments)}
     assert fields["distillation_method"].default == "mcld"
     assert fields["remove_unused_columns"].default is False
+    assert fields["logging_nan_inf_filter"].default is False
     args = make(tmp_path)
     assert args.remove_unused_columns is False
+    assert args.logging_nan_inf_filter is False
+    assert args.channels_last is False
+    assert args.resolve_teacher_compile() is None
     assert args.resolve_objective() == DistillationObjective(
         method="kd",
         ce_weight=1.0,
@@ -184,11 +193,30 @@ def test_every_registered_loss_resolves_and_builds(tmp_path, method):
         ({"teacher_image_mean": [0.5, 0.5]}, "--teacher_image_mean takes 3 values"),
         ({"teacher_image_std": [0.2, 0.0, 0.2]}, "--teacher_image_std must be > 0"),
         ({"teacher_interpolation": "lanczos"}, "--teacher_interpolation must be one of"),
+        ({"teacher_torch_compile_backend": "inductr"}, "unknown --teacher_torch_compile_backend"),
+        ({"teacher_torch_compile_mode": "fast"}, "--teacher_torch_compile_mode must be one of"),
     ],
 )
 def test_bad_values_raise(tmp_path, values, message):
     with pytest.raises(ValueError, match=message):
         make(tmp_path, **values)
+
+
+def test_teacher_compile_options(tmp_path):
+    assert make(tmp_path, teacher_torch_compile=True).resolve_teacher_compile() == {
+        "backend": "inductor"
+    }
+    # A backend or mode alone turns teacher compilation on, as the parent's flags do.
+    args = make(tmp_path, teacher_torch_compile_backend="aot_eager")
+    assert args.teacher_torch_compile and not args.torch_compile
+    assert args.resolve_teacher_compile() == {"backend": "aot_eager"}
+    args = make(tmp_path, teacher_torch_compile_mode="max-autotune")
+    assert args.resolve_teacher_compile() == {"backend": "inductor", "mode": "max-autotune"}
+    # Without a backend of its own the teacher takes the student's.
+    args = make(tmp_path, torch_compile_backend="aot_eager", teacher_torch_compile=True)
+    assert args.resolve_teacher_compile() == {"backend": "aot_eager"}
+    # The student's compilation alone leaves the teacher eager.
+    assert make(tmp_path, torch_compile=True).resolve_teacher_compile() is None
 
 
 def test_teacher_preprocessing_overrides(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from distill_helpers import class_names, tiny_vit
+from distill_helpers import PatternDataset, class_names, tiny_vit
 from PIL import Image
 
 from hf_kd.preprocessing import ImagePreprocessing
@@ -183,3 +183,16 @@ def test_matching_or_generic_labels_pass(caplog):
     check_teacher_matches_student(tiny_vit(id2label=generic), tiny_vit(id2label=generic))
     check_teacher_matches_student(tiny_vit(), tiny_vit(id2label=generic))
     assert "only one of teacher and student names its classes" in caplog.text
+
+
+def test_teacher_logits_can_be_saved_for_the_students_backward():
+    """Inference-mode logits are handed out as normal tensors: a loss may multiply them."""
+    teacher = FrozenTeacher(tiny_vit(seed=2))
+    pixel_values = PatternDataset(4).pixel_values
+    teacher_logits = teacher({"pixel_values": pixel_values})
+    assert not teacher_logits.is_inference() and not teacher_logits.requires_grad
+    student = tiny_vit(seed=1)
+    student_logits = student(pixel_values=pixel_values).logits
+    # Raises "Inference tensors cannot be saved for backward" unless copied out.
+    (student_logits * teacher_logits).sum().backward()
+    assert student.classifier.weight.grad.abs().sum() > 0
