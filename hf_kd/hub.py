@@ -33,7 +33,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi
 from safetensors.torch import save_file
-from timm.models import save_for_hf
+from timm.models._hub import save_config_for_hf
 from torch import Tensor
 from transformers import BaseImageProcessor, PreTrainedModel
 from transformers.models.timm_wrapper import TimmWrapperImageProcessor
@@ -145,16 +145,18 @@ def save_timm_student(
             model.config.architecture,
         )
     labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
-    save_for_hf(
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # timm's own key names; weights made contiguous here (a channels_last student's are not,
+    # and safetensors refuses them), so timm's save_for_hf is not used for the weights.
+    weights = state_dict if state_dict is not None else model.state_dict()
+    save_file(_timm_weights(weights), output_dir / "model.safetensors")
+    config_path = output_dir / "config.json"
+    save_config_for_hf(
         model.timm_model,
-        output_dir,
+        config_path,
         model_config={"label_names": labels},
-        safe_serialization=True,
         data_config=dict(data_config) if data_config is not None else None,
     )
-    if state_dict is not None:
-        save_file(_timm_weights(state_dict), output_dir / "model.safetensors")
-    config_path = output_dir / "config.json"
     timm_config = json.loads(config_path.read_text(encoding="utf-8"))
     model_args = {**(model.config.model_args or {}), **timm_config.get("model_args", {})}
     # transformers passes num_classes itself; a second one in model_args is a TypeError
