@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from distill_helpers import PatternDataset, class_names, tiny_vit
 from PIL import Image
 
@@ -148,6 +149,9 @@ def test_teacher_is_frozen_and_stays_in_eval_mode():
 
 
 def test_prepared_teacher_runs_under_the_accelerator_mixed_precision():
+    # A Trainer run earlier in this process leaves Accelerate's global state set up
+    # without mixed precision, which a new Accelerator may not change.
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     model = tiny_vit()
     raw_output_dtypes = []
