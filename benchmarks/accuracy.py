@@ -69,12 +69,10 @@ logger = logging.getLogger("benchmarks.accuracy")
 
 DEFAULT_DATASET = str(REPO_ROOT.parent.parent / "shared" / "data" / "cifar100")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
-RUNS_SUBDIR = "accuracy_runs"
 DATA_CACHE_DIR = REPO_ROOT / "outputs" / "accuracy_data"
-REPORT_SECTION = "## Accuracy on CIFAR-100 (CPU budget)"
 PAPER_SCHEDULE_EPOCHS = 240
-PAD = 2
 TEACHER_SAVE_STEPS = 100
+VIEW_SEED = 1234
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,7 @@ class TierConfig:
     """Everything that defines one budget: data, models, schedule, views, seeds."""
 
     name: str
+    title: str
     image_size: int
     teacher_architecture: str
     student_architecture: str
@@ -93,9 +92,19 @@ class TierConfig:
     weight_decay: float
     schedule: str  # "cosine" or "multistep"
     milestones: tuple[int, ...] = ()
-    num_views: int = 4
+    pad: int = 2  # random-crop padding in pixels (4 at 32x32, scaled to 2 at 16x16)
+    num_views: int = 4  # 0: live teacher, fresh augmentation every epoch
     seeds: tuple[int, ...] = (0, 1, 2)
     torch_threads: int = 2
+
+    @property
+    def stem(self) -> str:
+        """File names of this tier's results: ``accuracy`` (cpu), ``accuracy_full``, ..."""
+        return "accuracy" if self.name == "cpu" else f"accuracy_{self.name}"
+
+    @property
+    def report_section(self) -> str:
+        return f"## Accuracy on CIFAR-100 ({self.title})"
 
     def scaled_warmup(self, paper_epochs: float) -> float:
         """A warm-up of ``paper_epochs`` of 240, scaled to this schedule's length."""
@@ -105,6 +114,7 @@ class TierConfig:
 TIERS = {
     "cpu": TierConfig(
         name="cpu",
+        title="CPU budget",
         image_size=16,
         teacher_architecture="cifar_resnet8x2",
         student_architecture="cifar_resnet8",
@@ -118,6 +128,7 @@ TIERS = {
     ),
     "full": TierConfig(
         name="full",
+        title="full recipe",
         image_size=32,
         teacher_architecture="cifar_resnet32x4",
         student_architecture="cifar_resnet8x4",
@@ -129,7 +140,8 @@ TIERS = {
         weight_decay=5e-4,
         schedule="multistep",
         milestones=(150, 180, 210),
-        num_views=16,
+        pad=4,
+        num_views=0,
     ),
 }
 
@@ -182,6 +194,11 @@ MCLD_ABLATIONS = (
 )
 
 
+ABLATION_OVERRIDES = {spec.name: spec.loss_overrides for spec in MCLD_ABLATIONS}
+README_START = "<!-- accuracy-table:start -->"
+README_END = "<!-- accuracy-table:end -->"
+
+
 # ---- data ----
 
 
@@ -224,7 +241,7 @@ def _decode_split(split: Any, image_size: int) -> tuple[Tensor, Tensor]:
 
 
 class AugmentedImages(torch.utils.data.Dataset):
-    """Pad-``PAD`` random crop + horizontal flip on uint8 tensors.
+    """Pad-``pad`` random crop (zero padding) + horizontal flip on uint8 tensors.
 
     With ``view_params`` (``[N, K, 3]``: crop offsets and flip) each access picks one of the
     K fixed views at random and returns its index as ``view``, so cached teacher logits of
@@ -239,8 +256,10 @@ class AugmentedImages(torch.utils.data.Dataset):
         view_params: Tensor | None = None,
         teacher_logits: Tensor | None = None,
         fixed_view: int | None = None,
+        pad: int = 2,
     ) -> None:
-        self.padded = F.pad(images, (PAD, PAD, PAD, PAD))
+        self.pad = pad
+        self.padded = F.pad(images, (pad, pad, pad, pad))
         self.size = images.shape[-1]
         self.labels = labels
         self.view_params = view_params
@@ -252,7 +271,7 @@ class AugmentedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if self.view_params is None:
-            top, left = torch.randint(0, 2 * PAD + 1, (2,)).tolist()
+            top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
             flip = bool(torch.randint(0, 2, ()).item())
             view = -1
         else:
@@ -267,10 +286,10 @@ class AugmentedImages(torch.utils.data.Dataset):
         return item
 
 
-def draw_view_params(num_images: int, num_views: int, seed: int) -> Tensor:
+def draw_view_params(num_images: int, num_views: int, seed: int, pad: int = 2) -> Tensor:
     """Crop offsets and flips of ``num_views`` fixed views per image, ``[N, K, 3]`` int64."""
     generator = torch.Generator().manual_seed(seed)
-    offsets = torch.randint(0, 2 * PAD + 1, (num_images, num_views, 2), generator=generator)
+    offsets = torch.randint(0, 2 * pad + 1, (num_images, num_views, 2), generator=generator)
     flips = torch.randint(0, 2, (num_images, num_views, 1), generator=generator)
     return torch.cat([offsets, flips], dim=2)
 
@@ -371,7 +390,7 @@ def train_teacher(tier: TierConfig, data: TensorData, work_dir: Path) -> tuple[P
         id2label=dict(enumerate(data.label_names)),
         pretrained=False,
     )
-    dataset = AugmentedImages(data.train_images, data.train_labels)
+    dataset = AugmentedImages(data.train_images, data.train_labels, pad=tier.pad)
     steps_per_epoch = math.ceil(len(dataset) / tier.batch_size)
     run_dir = work_dir / "teacher_run"
     kwargs = common_training_kwargs(tier, tier.teacher_epochs, 0, run_dir)
@@ -402,9 +421,26 @@ def train_teacher(tier: TierConfig, data: TensorData, work_dir: Path) -> tuple[P
     return teacher_dir, record
 
 
+def cached_teacher_logits(
+    teacher: PreTrainedModel, data: TensorData, tier: TierConfig, work_dir: Path
+) -> tuple[Tensor, Tensor]:
+    """``(view_params, logits)`` of the tier's replayed views, computed once and cached."""
+    view_params = draw_view_params(len(data.train_labels), tier.num_views, VIEW_SEED, tier.pad)
+    logits_file = work_dir / f"teacher_logits_{tier.num_views}views.safetensors"
+    if logits_file.exists():
+        return view_params, load_file(logits_file)["teacher_logits"]
+    teacher_logits = cache_teacher_logits(teacher, data, view_params, tier.pad)
+    save_file({"teacher_logits": teacher_logits}, logits_file)
+    return view_params, teacher_logits
+
+
 @torch.no_grad()
 def cache_teacher_logits(
-    teacher: PreTrainedModel, data: TensorData, view_params: Tensor, batch_size: int = 1000
+    teacher: PreTrainedModel,
+    data: TensorData,
+    view_params: Tensor,
+    pad: int,
+    batch_size: int = 1000,
 ) -> Tensor:
     """The teacher's logits of every fixed view, ``[N, K, C]`` float16."""
     teacher.eval()
@@ -412,7 +448,7 @@ def cache_teacher_logits(
     per_view = []
     for view in range(num_views):
         dataset = AugmentedImages(
-            data.train_images, data.train_labels, view_params, fixed_view=view
+            data.train_images, data.train_labels, view_params, fixed_view=view, pad=pad
         )
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
         logits = [teacher(pixel_values=batch["pixel_values"]).logits for batch in loader]
@@ -450,11 +486,15 @@ def train_student(
     seed: int,
     tier: TierConfig,
     data: TensorData,
-    view_params: Tensor,
-    teacher_logits: Tensor,
     work_dir: Path,
+    teacher_logits: tuple[Tensor, Tensor] | None = None,
+    teacher: PreTrainedModel | None = None,
 ) -> dict:
-    """Distil one student from the cached teacher logits; its record."""
+    """Distil one student; its record.
+
+    ``teacher_logits``: ``(view_params, logits)`` of the cached replayed views; without it,
+    fresh augmentation every epoch and the live ``teacher``.
+    """
     args = distillation_arguments(spec, tier, seed, work_dir / f"student_{spec.name}")
     set_seed(seed)
     student = load_classifier(
@@ -462,12 +502,15 @@ def train_student(
         id2label=dict(enumerate(data.label_names)),
         pretrained=False,
     )
-    dataset = AugmentedImages(data.train_images, data.train_labels, view_params, teacher_logits)
+    view_params, cached_logits = teacher_logits if teacher_logits is not None else (None, None)
+    dataset = AugmentedImages(
+        data.train_images, data.train_labels, view_params, cached_logits, pad=tier.pad
+    )
     steps_per_epoch = math.ceil(len(dataset) / tier.batch_size)
     started = time.perf_counter()
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=None,
+        teacher_model=teacher if teacher_logits is None else None,
         args=args,
         train_dataset=dataset,
         data_collator=collate,
@@ -510,10 +553,17 @@ def write_record(runs_dir: Path, record: dict, tier: TierConfig, dataset_name: s
         "tier": asdict(tier),
         "dataset": os.path.basename(dataset_name.rstrip("/")),
         "torch_threads": torch.get_num_threads(),
+        "device": describe_device(),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     record_path(runs_dir, record["run"]).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("%s: top-1 %.2f%% in %.0f s", record["run"], record["top1"], record["wall_time_s"])
+
+
+def describe_device() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def planned_runs(tier: TierConfig) -> list[tuple[StudentSpec, int]]:
@@ -532,8 +582,9 @@ def run_benchmark(
     results_dir: Path,
     limit: int | None = None,
     only: Sequence[str] | None = None,
+    readme: Path | None = None,
 ) -> None:
-    runs_dir = results_dir / RUNS_SUBDIR
+    runs_dir = results_dir / f"{tier.stem}_runs"
     data = load_tensor_data(dataset_name, tier.image_size, DATA_CACHE_DIR)
     if limit is not None:
         data = replace(
@@ -547,22 +598,19 @@ def run_benchmark(
     if not record_path(runs_dir, "teacher").exists() or not teacher_dir.exists():
         teacher_dir, record = train_teacher(tier, data, work_dir)
         write_record(runs_dir, record, tier, dataset_name)
-    logits_file = work_dir / f"teacher_logits_{tier.num_views}views.safetensors"
-    view_params = draw_view_params(len(data.train_labels), tier.num_views, seed=1234)
-    if logits_file.exists():
-        teacher_logits = load_file(logits_file)["teacher_logits"]
-    else:
-        teacher = load_classifier(str(teacher_dir))
-        teacher_logits = cache_teacher_logits(teacher, data, view_params)
-        save_file({"teacher_logits": teacher_logits}, logits_file)
+    teacher = load_classifier(str(teacher_dir))
+    cached = None
+    if tier.num_views > 0:
+        cached = cached_teacher_logits(teacher, data, tier, work_dir)
+        teacher = None
     for spec, seed in planned_runs(tier):
         if record_path(runs_dir, f"{spec.name}_seed{seed}").exists():
             continue
         if only is not None and spec.name not in only:
             continue
-        record = train_student(spec, seed, tier, data, view_params, teacher_logits, work_dir)
+        record = train_student(spec, seed, tier, data, work_dir, cached, teacher)
         write_record(runs_dir, record, tier, dataset_name)
-        write_report(results_dir, tier)
+        write_report(results_dir, tier, readme)
 
 
 # ---- report ----
@@ -609,6 +657,15 @@ def summarise(records: dict[str, dict], tier: TierConfig) -> dict[str, Any]:
             if spec.name in summary_rows
         },
         "pending": pending,
+        "device": ", ".join(
+            sorted(
+                {
+                    record.get("device", f"CPU ({record.get('torch_threads')} torch threads)")
+                    for record in records.values()
+                }
+            )
+        )
+        or "none yet",
     }
 
 
@@ -618,24 +675,38 @@ def _accuracy_cell(row: dict) -> str:
     return f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f} (n={len(row['top1'])})"
 
 
-def markdown_report(summary: dict, chart_name: str) -> str:
+def markdown_report(summary: dict, tier_config: TierConfig, chart_name: str) -> str:
     tier = summary["configuration"]
     teacher = summary["teacher"]
+    if tier["image_size"] == 32:
+        resolution = "CIFAR-100 at its native 32x32"
+    else:
+        resolution = (
+            f"CIFAR-100 downsampled to {tier['image_size']}x{tier['image_size']} (2x2 box filter)"
+        )
+    if tier["num_views"] > 0:
+        teacher_signal = f"teacher logits cached on {tier['num_views']} replayed views per image"
+    else:
+        teacher_signal = "live teacher on fresh augmentation"
+    budget = (
+        "Literature recipe"
+        if tier["student_epochs"] >= PAPER_SCHEDULE_EPOCHS
+        else "Reduced budget, **not comparable with the papers' 240-epoch numbers**"
+    )
     lines = [
-        REPORT_SECTION,
+        tier_config.report_section,
         "",
-        "Reduced budget, **not comparable with the papers' 240-epoch numbers**. Configuration: "
-        f"CIFAR-100 downsampled to {tier['image_size']}x{tier['image_size']} (2x2 box filter), "
+        f"{budget}. Configuration: {resolution}, "
         f"teacher `{tier['teacher_architecture']}` trained once for {tier['teacher_epochs']} "
         f"epochs, students `{tier['student_architecture']}` for {tier['student_epochs']} "
         f"epochs; SGD lr {tier['learning_rate']} momentum {tier['momentum']} weight decay "
         f"{tier['weight_decay']}, batch {tier['batch_size']}, {tier['schedule']} schedule; "
-        f"augmentation pad-{PAD} crop + flip, teacher logits cached on {tier['num_views']} "
-        "replayed views per image; each method at its CIFAR-100 preset (hf_kd.losses.preset), "
+        f"augmentation pad-{tier['pad']} crop + flip, {teacher_signal}; each method at its "
+        "CIFAR-100 preset (hf_kd.losses.preset), "
         "warm-ups scaled by epochs/240 (DKD, RLD, MCLD's category term). Top-1 on the full "
         "10,000-image test set at the end of the fixed schedule (no validation split, no "
-        f"early stopping). {tier['torch_threads']} CPU threads on a 2-core machine shared with "
-        "other jobs, so wall times are only comparable with each other.",
+        f"early stopping). Device: {summary['device']}; wall times are only comparable with "
+        "each other.",
         "",
     ]
     if teacher is not None:
@@ -644,15 +715,7 @@ def markdown_report(summary: dict, chart_name: str) -> str:
             f"**{teacher['top1']:.2f}%** top-1, trained in {teacher['wall_time_s'] / 60:.1f} min."
         )
         lines.append("")
-    lines += [
-        "| method | top-1 % (mean ± std over seeds) | seeds | wall time per run (s) |",
-        "|---|---|---|---|",
-    ]
-    for name, row in summary["methods"].items():
-        lines.append(
-            f"| {name} | {_accuracy_cell(row)} | {row['seeds']} | {row['wall_time_s_mean']:.0f} |"
-        )
-    lines += ["", f"![accuracy per method]({chart_name})", ""]
+    lines += [methods_table(summary), "", f"![accuracy per method]({chart_name})", ""]
     if summary["mcld_ablations"]:
         baseline = summary["methods"].get("mcld")
         lines += [
@@ -666,11 +729,7 @@ def markdown_report(summary: dict, chart_name: str) -> str:
         if baseline is not None and 0 in baseline["seeds"]:
             baseline_seed0 = baseline["top1"][baseline["seeds"].index(0)]
         for name, row in summary["mcld_ablations"].items():
-            options = {
-                key: value
-                for key, value in row["objective"]["loss_kwargs"].items()
-                if key != "logit_standardization"
-            }
+            options = ABLATION_OVERRIDES[name]
             delta = (
                 f"{row['top1_mean'] - baseline_seed0:+.2f}" if baseline_seed0 is not None else "n/a"
             )
@@ -690,7 +749,50 @@ def markdown_report(summary: dict, chart_name: str) -> str:
     return "\n".join(lines)
 
 
-def plot_methods(summary: dict, path: Path) -> None:
+def methods_table(summary: dict) -> str:
+    """The per-method table (Markdown), shared by RESULTS.md and the README."""
+    lines = [
+        "| method | top-1 % (mean ± std over seeds) | seeds | wall time per run (s) |",
+        "|---|---|---|---|",
+    ]
+    if summary["teacher"] is not None:
+        teacher = summary["teacher"]
+        lines.append(
+            f"| teacher `{teacher['architecture']}` | {teacher['top1']:.2f} | [0] | "
+            f"{teacher['wall_time_s']:.0f} |"
+        )
+    for name, row in summary["methods"].items():
+        lines.append(
+            f"| {name} | {_accuracy_cell(row)} | {row['seeds']} | {row['wall_time_s_mean']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, summary: dict, chart: str) -> None:
+    """Replace the table between the README's accuracy markers (if it has them)."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start == -1 or end < start:
+        logger.warning("%s has no %s ... %s markers: not updated", readme, README_START, README_END)
+        return
+    pending = summary["pending"]
+    status = f"{len(pending)} planned runs still pending." if pending else "All runs finished."
+    block = "\n".join(
+        [
+            README_START,
+            "",
+            methods_table(summary),
+            "",
+            f"![accuracy per method]({chart})",
+            "",
+            status,
+            "",
+        ]
+    )
+    readme.write_text(text[:start] + block + text[end:])
+
+
+def plot_methods(summary: dict, title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -705,7 +807,7 @@ def plot_methods(summary: dict, path: Path) -> None:
         axes.axhline(summary["teacher"]["top1"], color="tab:red", linestyle="--", label="teacher")
         axes.legend()
     axes.set_ylabel("top-1 % (CIFAR-100 test)")
-    axes.set_title("CIFAR-100, reduced CPU budget (mean ± std over seeds)")
+    axes.set_title(f"CIFAR-100, {title} (mean ± std over seeds)")
     highest = [*means, summary["teacher"]["top1"]] if summary["teacher"] else means
     axes.set_ylim(max(0.0, min(means) - 5), max(highest) + 3)
     figure.tight_layout()
@@ -713,25 +815,27 @@ def plot_methods(summary: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(results_dir: Path, tier: TierConfig) -> dict:
+def write_report(results_dir: Path, tier: TierConfig, readme: Path | None = None) -> dict:
     """Aggregate the records into accuracy.json, the chart and the accuracy section of the
     RESULTS.md next to ``results_dir``."""
-    summary = summarise(load_records(results_dir / RUNS_SUBDIR), tier)
+    summary = summarise(load_records(results_dir / f"{tier.stem}_runs"), tier)
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "accuracy.json").write_text(json.dumps(summary, indent=2) + "\n")
-    chart = results_dir / "accuracy.png"
+    (results_dir / f"{tier.stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    chart = results_dir / f"{tier.stem}.png"
     results_md = results_dir.parent / "RESULTS.md"
     if summary["methods"]:
-        plot_methods(summary, chart)
-    section = markdown_report(summary, f"results/{chart.name}")
+        plot_methods(summary, tier.title, chart)
+    section = markdown_report(summary, tier, f"{results_dir.name}/{chart.name}")
     existing = results_md.read_text() if results_md.exists() else "# Benchmark results\n\n"
-    start = existing.find(REPORT_SECTION)
+    start = existing.find(tier.report_section)
     if start == -1:
         updated = existing.rstrip("\n") + "\n\n" + section
     else:
-        end = existing.find("\n## ", start + len(REPORT_SECTION))
+        end = existing.find("\n## ", start + len(tier.report_section))
         updated = existing[:start] + section + (existing[end + 1 :] if end != -1 else "")
     results_md.write_text(updated)
+    if readme is not None:
+        update_readme(readme, summary, os.path.relpath(chart, readme.parent))
     return summary
 
 
@@ -769,11 +873,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     tier = replace(tier, **{key: value for key, value in overrides.items() if value is not None})
     torch.set_num_threads(tier.torch_threads)
     results_dir = Path(args.results_dir)
+    # Only the default CPU run is shown in the README; other tiers and test runs are not.
+    is_default = results_dir.resolve() == RESULTS_DIR and tier.name == "cpu" and not args.limit
+    readme = REPO_ROOT / "README.md" if is_default else None
     if not args.report:
         work_dir = Path(args.work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
-        run_benchmark(tier, args.dataset_name, work_dir, results_dir, args.limit, args.only)
-    write_report(results_dir, tier)
+        run_benchmark(tier, args.dataset_name, work_dir, results_dir, args.limit, args.only, readme)
+    write_report(results_dir, tier, readme)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import accuracy
 from benchmarks.accuracy import (
     METHODS,
     TIERS,
@@ -73,7 +72,7 @@ def test_warmups_are_scaled_to_the_schedule_for_every_method(tmp_path: Path) -> 
 
 def test_report_aggregates_records_and_lists_pending_runs(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    runs = results / accuracy.RUNS_SUBDIR
+    runs = results / "accuracy_runs"
     runs.mkdir(parents=True)
     tier = TIERS["cpu"]
     teacher = {"run": "teacher", "architecture": "t", "parameters": 10, "top1": 50.0}
@@ -98,4 +97,4 @@ def test_report_aggregates_records_and_lists_pending_runs(tmp_path: Path) -> Non
     assert (results / "accuracy.png").stat().st_size > 0
     # A second report replaces the section instead of appending another one.
     write_report(results, tier)
-    assert (tmp_path / "RESULTS.md").read_text().count(accuracy.REPORT_SECTION) == 1
+    assert (tmp_path / "RESULTS.md").read_text().count(TIERS["cpu"].report_section) == 1
