@@ -10,6 +10,8 @@ import torch
 
 from benchmarks.accuracy import (
     METHODS,
+    README_END,
+    README_START,
     TIERS,
     AugmentedImages,
     StudentSpec,
@@ -86,7 +88,10 @@ def test_report_aggregates_records_and_lists_pending_runs(tmp_path: Path) -> Non
     ablation.update(wall_time_s=90.0, objective=objective)
     (runs / "mcld_tau_0.2_seed0.json").write_text(json.dumps(ablation))
 
-    summary = write_report(results, tier)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_START}\nold table\n{README_END}\nafter\n")
+
+    summary = write_report(results, tier, readme)
 
     assert summary["methods"]["kd"]["top1_mean"] == pytest.approx(31.0)
     assert summary["methods"]["kd"]["top1_std"] == pytest.approx(2**0.5)
@@ -95,6 +100,10 @@ def test_report_aggregates_records_and_lists_pending_runs(tmp_path: Path) -> Non
     assert "31.00 ± 1.41 (n=2)" in markdown
     assert "not comparable with the papers' 240-epoch numbers" in markdown
     assert (results / "accuracy.png").stat().st_size > 0
+    readme_text = readme.read_text()
+    assert "old table" not in readme_text and readme_text.endswith(f"{README_END}\nafter\n")
+    assert "| kd | 31.00 ± 1.41 (n=2) | [0, 1] | 100 |" in readme_text
+    assert "| teacher `t` | 50.00 | [0] | 60 |" in readme_text
     # A second report replaces the section instead of appending another one.
     write_report(results, tier)
     assert (tmp_path / "RESULTS.md").read_text().count(TIERS["cpu"].report_section) == 1
