@@ -49,6 +49,7 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
+from hf_kd import models_cifar  # noqa: F401  (registers the cifar_resnet* timm architectures)
 from hf_kd.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
