@@ -67,7 +67,16 @@ from hf_kd.trainer import DistillationTrainer  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
 
-DEFAULT_DATASET = str(REPO_ROOT.parent.parent / "shared" / "data" / "cifar100")
+# the shared data folder next to the checkout (../shared/data/cifar100) or higher up; the Hub
+# dataset when there is none
+DEFAULT_DATASET = next(
+    (
+        str(folder / "shared" / "data" / "cifar100")
+        for folder in REPO_ROOT.parents
+        if (folder / "shared" / "data" / "cifar100").is_dir()
+    ),
+    "uoft-cs/cifar100",
+)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DATA_CACHE_DIR = REPO_ROOT / "outputs" / "accuracy_data"
 PAPER_SCHEDULE_EPOCHS = 240
@@ -116,10 +125,10 @@ TIERS = {
         name="cpu",
         title="CPU budget",
         image_size=16,
-        teacher_architecture="cifar_resnet8x2",
+        teacher_architecture="cifar_resnet14x2",
         student_architecture="cifar_resnet8",
-        teacher_epochs=6,
-        student_epochs=2,
+        teacher_epochs=20,
+        student_epochs=6,
         batch_size=128,
         learning_rate=0.1,
         momentum=0.9,
@@ -542,6 +551,14 @@ def train_student(
 # ---- records and schedule ----
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so two benchmark
+    processes sharing a results folder never leave a half-written file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def record_path(runs_dir: Path, run: str) -> Path:
     return runs_dir / f"{run}.json"
 
@@ -556,7 +573,7 @@ def write_record(runs_dir: Path, record: dict, tier: TierConfig, dataset_name: s
         "device": describe_device(),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    record_path(runs_dir, record["run"]).write_text(json.dumps(record, indent=2) + "\n")
+    write_atomically(record_path(runs_dir, record["run"]), json.dumps(record, indent=2) + "\n")
     logger.info("%s: top-1 %.2f%% in %.0f s", record["run"], record["top1"], record["wall_time_s"])
 
 
@@ -567,11 +584,10 @@ def describe_device() -> str:
 
 
 def planned_runs(tier: TierConfig) -> list[tuple[StudentSpec, int]]:
-    """Priority order: seed 0 of every method, the MCLD ablations, then the other seeds."""
-    first, *others = tier.seeds
-    plan = [(spec, first) for spec in METHODS]
-    plan += [(spec, first) for spec in MCLD_ABLATIONS]
-    plan += [(spec, seed) for seed in others for spec in METHODS]
+    """Priority order: every method at every seed (seed by seed), then the MCLD ablations
+    at the first seed."""
+    plan = [(spec, seed) for seed in tier.seeds for spec in METHODS]
+    plan += [(spec, tier.seeds[0]) for spec in MCLD_ABLATIONS]
     return plan
 
 
@@ -789,7 +805,7 @@ def update_readme(readme: Path, summary: dict, chart: str) -> None:
             "",
         ]
     )
-    readme.write_text(text[:start] + block + text[end:])
+    write_atomically(readme, text[:start] + block + text[end:])
 
 
 def plot_methods(summary: dict, title: str, path: Path) -> None:
@@ -811,7 +827,9 @@ def plot_methods(summary: dict, title: str, path: Path) -> None:
     highest = [*means, summary["teacher"]["top1"]] if summary["teacher"] else means
     axes.set_ylim(max(0.0, min(means) - 5), max(highest) + 3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    partial = path.with_name(f".{path.name}.partial.png")
+    figure.savefig(partial, dpi=120)
+    os.replace(partial, path)
     plt.close(figure)
 
 
@@ -820,7 +838,7 @@ def write_report(results_dir: Path, tier: TierConfig, readme: Path | None = None
     RESULTS.md next to ``results_dir``."""
     summary = summarise(load_records(results_dir / f"{tier.stem}_runs"), tier)
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{tier.stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(results_dir / f"{tier.stem}.json", json.dumps(summary, indent=2) + "\n")
     chart = results_dir / f"{tier.stem}.png"
     results_md = results_dir.parent / "RESULTS.md"
     if summary["methods"]:
@@ -833,7 +851,7 @@ def write_report(results_dir: Path, tier: TierConfig, readme: Path | None = None
     else:
         end = existing.find("\n## ", start + len(tier.report_section))
         updated = existing[:start] + section + (existing[end + 1 :] if end != -1 else "")
-    results_md.write_text(updated)
+    write_atomically(results_md, updated)
     if readme is not None:
         update_readme(readme, summary, os.path.relpath(chart, readme.parent))
     return summary

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks.accuracy import (
+    MCLD_ABLATIONS,
     METHODS,
     README_END,
     README_START,
@@ -17,6 +18,7 @@ from benchmarks.accuracy import (
     StudentSpec,
     distillation_arguments,
     draw_view_params,
+    planned_runs,
     write_report,
 )
 
@@ -107,3 +109,14 @@ def test_report_aggregates_records_and_lists_pending_runs(tmp_path: Path) -> Non
     # A second report replaces the section instead of appending another one.
     write_report(results, tier)
     assert (tmp_path / "RESULTS.md").read_text().count(TIERS["cpu"].report_section) == 1
+    # Every file went through a rename: no temporary file is left behind.
+    assert not [path.name for path in tmp_path.rglob("*partial*")]
+
+
+def test_the_plan_runs_every_method_at_every_seed_before_the_ablations() -> None:
+    tier = TIERS["cpu"]
+    plan = [(spec.name, seed) for spec, seed in planned_runs(tier)]
+    method_runs = [(spec.name, seed) for seed in tier.seeds for spec in METHODS]
+    ablation_runs = [(spec.name, tier.seeds[0]) for spec in MCLD_ABLATIONS]
+    assert plan == method_runs + ablation_runs
+    assert len(set(plan)) == len(METHODS) * len(tier.seeds) + len(MCLD_ABLATIONS)
