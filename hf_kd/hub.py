@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -176,6 +177,20 @@ def _timm_weights(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         name.removeprefix(prefix): tensor.detach().contiguous()
         for name, tensor in state_dict.items()
     }
+
+
+def copy_student_files(source: str | Path, destination: str | Path) -> list[str]:
+    """Copy the files of :data:`STUDENT_REPO_FILES` from ``source`` (a checkpoint) into
+    ``destination``; the names copied."""
+    source, destination = Path(source), Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for pattern in STUDENT_REPO_FILES:
+        for path in sorted(source.glob(pattern)):
+            if path.is_file():
+                shutil.copy2(path, destination / path.name)
+                copied.append(path.name)
+    return copied
 
 
 def push_student_to_hub(

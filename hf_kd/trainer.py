@@ -60,13 +60,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from huggingface_hub import CommitInfo
+from huggingface_hub import CommitInfo, HfApi
 from torch import Tensor, nn
 from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer
-from transformers.trainer_utils import EvalLoopOutput
+from transformers.trainer_utils import EvalLoopOutput, HubStrategy, SaveStrategy
+from transformers.utils.hub import PushInProgress
 
 from hf_kd.arguments import DistillationArguments
-from hf_kd.hub import push_student_to_hub, save_student
+from hf_kd.hub import copy_student_files, push_student_to_hub, save_student
 from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
 from hf_kd.metrics import compute_accuracy_metrics, top_k_class_indices
@@ -583,6 +584,61 @@ class DistillationTrainer(Trainer):
             revision=revision if revision is not None else self.args.hub_revision,
             run_as_future=not blocking,
         )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Mid-training push (``save_strategy`` set, ``hub_strategy`` not ``end``): the
+        checkpoint's student files and an up-to-date card, as :meth:`push_to_hub` uploads
+        them, in the background.
+
+        The Trainer's own version would upload the whole output folder, ``training_args.bin``
+        (a pickle) included. With ``hub_strategy`` ``checkpoint`` or ``all_checkpoints`` the
+        user asked for resumable checkpoints, so the checkpoint folder itself (optimizer and
+        scheduler state included) is still uploaded under ``last-checkpoint/`` or its name.
+        """
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        in_progress = self.push_in_progress is not None and not self.push_in_progress.is_done()
+        if in_progress and not self.args.hub_always_push:
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        output_dir = self.args.output_dir
+        copy_student_files(checkpoint_folder, output_dir)
+        self.create_model_card(output_dir=output_dir)
+        message = (
+            f"Training in progress, step {self.state.global_step}"
+            if self.args.save_strategy == SaveStrategy.STEPS
+            else f"Training in progress, epoch {int(self.state.epoch or 0)}"
+        )
+        jobs = [
+            push_student_to_hub(
+                output_dir,
+                self.hub_model_id,
+                token=self.args.hub_token,
+                commit_message=message,
+                revision=self.args.hub_revision,
+                run_as_future=True,
+            )
+        ]
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            folder_in_repo = (
+                "last-checkpoint"
+                if self.args.hub_strategy == HubStrategy.CHECKPOINT
+                else os.path.basename(checkpoint_folder)
+            )
+            jobs.append(
+                HfApi(token=self.args.hub_token, library_name="hf-kd").upload_folder(
+                    repo_id=self.hub_model_id,
+                    folder_path=checkpoint_folder,
+                    path_in_repo=folder_in_repo,
+                    commit_message=f"{message}, checkpoint",
+                    revision=self.args.hub_revision,
+                    run_as_future=True,
+                )
+            )
+        if in_progress:
+            self.push_in_progress.jobs.extend(jobs)
+        else:
+            self.push_in_progress = PushInProgress(jobs)
 
     def inference_speed(self) -> InferenceSpeed | None:
         """Teacher vs student latency on one batch, measured once and kept; ``None`` if it

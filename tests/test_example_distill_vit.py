@@ -145,6 +145,36 @@ def test_default_story_pushed_to_the_hub_reloads_with_both_libraries(loopback_hu
     assert stored["training"]["world_size"] == 1
 
 
+@pytest.mark.slow
+def test_mid_training_pushes_upload_only_the_student_and_its_card(loopback_hub, tmp_path):
+    """With --save_strategy epoch and --hub_strategy every_save the Trainer pushes at every
+    checkpoint: each of those commits holds the checkpoint's student and a card, and no
+    commit ever uploads training_args.bin or any other pickle."""
+    repo_id = f"{loopback_hub.user}/vit-digits-every-save"
+    output_dir = tmp_path / "run"
+    command = [sys.executable, str(EXAMPLE), "--output_dir", str(output_dir), *TINY_BUDGET]
+    command += ["--num_train_epochs", "2", "--save_strategy", "epoch"]
+    command += ["--push_to_hub", "--hub_model_id", repo_id, "--hub_strategy", "every_save"]
+    command += ["--hub_always_push"]  # push at epoch 2 even if epoch 1 is still uploading
+    run_in_fresh_process(loopback_hub, command, tmp_path / "home")
+
+    commits = loopback_hub.repos[repo_id].commits
+    in_progress = [commit for commit in commits if commit.title.startswith("Training in")]
+    assert [commit.title for commit in in_progress] == [
+        "Training in progress, epoch 1",
+        "Training in progress, epoch 2",
+    ]
+    for commit in commits:
+        pickles = [name for name in commit.files if name.endswith((".bin", ".pt", ".pth"))]
+        assert pickles == [], (commit.title, pickles)
+    first = in_progress[0].files
+    assert {"config.json", "model.safetensors", "README.md", CARD_DATA_FILE} <= set(first)
+    checkpoint = output_dir / "checkpoint-3" / "model.safetensors"  # 96 images, batch 32
+    assert first["model.safetensors"].content == checkpoint.read_bytes()
+    final = loopback_hub.files(repo_id)
+    assert final["model.safetensors"].content == (output_dir / "model.safetensors").read_bytes()
+
+
 def test_help_documents_every_option(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
