@@ -16,6 +16,7 @@ from benchmarks.accuracy import (
     TIERS,
     AugmentedImages,
     StudentSpec,
+    ablation_delta,
     distillation_arguments,
     draw_view_params,
     planned_runs,
@@ -120,3 +121,11 @@ def test_the_plan_runs_every_method_at_every_seed_before_the_ablations() -> None
     ablation_runs = [(spec.name, tier.seeds[0]) for spec in MCLD_ABLATIONS]
     assert plan == method_runs + ablation_runs
     assert len(set(plan)) == len(METHODS) * len(tier.seeds) + len(MCLD_ABLATIONS)
+
+
+def test_an_ablation_is_compared_with_the_default_on_the_same_seeds() -> None:
+    default = {"seeds": [0, 1, 2], "top1": [40.0, 41.0, 39.0]}
+    two_seeds = {"seeds": [0, 2], "top1": [41.0, 40.5], "top1_mean": 40.75}
+    assert ablation_delta(two_seeds, default) == pytest.approx(40.75 - 39.5)
+    assert ablation_delta({"seeds": [3], "top1": [1.0], "top1_mean": 1.0}, default) is None
+    assert ablation_delta(two_seeds, None) is None
