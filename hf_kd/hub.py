@@ -202,6 +202,7 @@ def push_student_to_hub(
     commit_message: str = "Upload distilled student",
     revision: str | None = None,
     run_as_future: bool = False,
+    api: HfApi | None = None,
 ) -> CommitInfo | Future[CommitInfo]:
     """Create ``repo_id`` if needed and upload the saved student folder as one commit.
 
@@ -210,7 +211,8 @@ def push_student_to_hub(
     ``README.md``, ``training_curves.png``, results) and nothing else. An hf-kd card is first
     re-rendered when its usage snippets name another repo than the one pushed to. Returns
     the commit (a ``str`` subclass: the commit URL), or a ``Future`` of it with
-    ``run_as_future``.
+    ``run_as_future``. Background uploads of one ``api`` client run one at a time, in the
+    order they were started (default: a new client made with ``token``).
     """
     output_dir = Path(output_dir)
     if not (output_dir / "config.json").is_file():
@@ -219,7 +221,7 @@ def push_student_to_hub(
         )
     if not (output_dir / "README.md").is_file():
         logger.warning("%s has no README.md: the repo will have no model card", output_dir)
-    api = HfApi(token=token, library_name="hf-kd")
+    api = api if api is not None else HfApi(token=token, library_name="hf-kd")
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
     _point_card_at(output_dir, repo_url.repo_id)
     logger.info("pushing %s to %s", output_dir, repo_url.repo_id)

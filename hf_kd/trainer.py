@@ -53,6 +53,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -231,6 +233,7 @@ class DistillationTrainer(Trainer):
         self.teacher_eval_accuracy = teacher_eval_accuracy
         self.student_preprocessing = student_preprocessing
         self._inference_speed: InferenceSpeed | None = None
+        self._hub_client: HfApi | None = None
         self.objective = args.resolve_objective()
         # Values are checked on the first step and at log time, not by a sync in every step.
         self.distillation_loss = build_loss(
@@ -583,12 +586,26 @@ class DistillationTrainer(Trainer):
             commit_message=commit_message or "Upload distilled student",
             revision=revision if revision is not None else self.args.hub_revision,
             run_as_future=not blocking,
+            api=self._hub_api(token),
         )
+
+    def _hub_api(self, token: str | None = None) -> HfApi:
+        """The run's Hub client (one per token): its background uploads run one at a time,
+        in the order they were started, so the commits follow the checkpoints."""
+        token = token if token is not None else self.args.hub_token
+        if self._hub_client is None or self._hub_client.token != token:
+            self._hub_client = HfApi(token=token, library_name="hf-kd")
+        return self._hub_client
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Mid-training push (``save_strategy`` set, ``hub_strategy`` not ``end``): the
         checkpoint's student files and an up-to-date card, as :meth:`push_to_hub` uploads
         them, in the background.
+
+        The files are copied to ``output_dir`` (as the Trainer does) and from there into a
+        private snapshot folder that the upload reads and that is removed once it is done:
+        a later checkpoint overwriting ``output_dir`` while an upload is still queued
+        (``hub_always_push``) cannot change or empty an earlier commit.
 
         The Trainer's own version would upload the whole output folder, ``training_args.bin``
         (a pickle) included. With ``hub_strategy`` ``checkpoint`` or ``all_checkpoints`` the
@@ -609,16 +626,18 @@ class DistillationTrainer(Trainer):
             if self.args.save_strategy == SaveStrategy.STEPS
             else f"Training in progress, epoch {int(self.state.epoch or 0)}"
         )
-        jobs = [
-            push_student_to_hub(
-                output_dir,
-                self.hub_model_id,
-                token=self.args.hub_token,
-                commit_message=message,
-                revision=self.args.hub_revision,
-                run_as_future=True,
-            )
-        ]
+        snapshot = tempfile.mkdtemp(prefix="hf-kd-push-")
+        copy_student_files(output_dir, snapshot)
+        student_job = push_student_to_hub(
+            snapshot,
+            self.hub_model_id,
+            commit_message=message,
+            revision=self.args.hub_revision,
+            run_as_future=True,
+            api=self._hub_api(),
+        )
+        student_job.add_done_callback(lambda _: shutil.rmtree(snapshot, ignore_errors=True))
+        jobs = [student_job]
         if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
             folder_in_repo = (
                 "last-checkpoint"
@@ -626,7 +645,7 @@ class DistillationTrainer(Trainer):
                 else os.path.basename(checkpoint_folder)
             )
             jobs.append(
-                HfApi(token=self.args.hub_token, library_name="hf-kd").upload_folder(
+                self._hub_api().upload_folder(
                     repo_id=self.hub_model_id,
                     folder_path=checkpoint_folder,
                     path_in_repo=folder_in_repo,

@@ -36,6 +36,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -134,6 +135,9 @@ class LoopbackHub:
         self.requests: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         self._commit_counter = 0
+        # A slow link: every preupload call (made after the client has hashed the files it
+        # will send, before it sends them) waits this long, without blocking other requests.
+        self.preupload_delay_s = 0.0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -397,6 +401,8 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
         def _dispatch(self, method: str) -> None:
             url = urlsplit(self.path)
             body = self._read_body()
+            if "/preupload/" in url.path:
+                time.sleep(hub.preupload_delay_s)
             try:
                 with hub._lock:
                     status, payload, headers = self._route(method, url.path, url.query, body)

@@ -149,7 +149,10 @@ def test_default_story_pushed_to_the_hub_reloads_with_both_libraries(loopback_hu
 def test_mid_training_pushes_upload_only_the_student_and_its_card(loopback_hub, tmp_path):
     """With --save_strategy epoch and --hub_strategy every_save the Trainer pushes at every
     checkpoint: each of those commits holds the checkpoint's student and a card, and no
-    commit ever uploads training_args.bin or any other pickle."""
+    commit ever uploads training_args.bin or any other pickle. Over a slow link, so an
+    upload is still in flight when the next checkpoint is written: the commits still come
+    in checkpoint order, each with its own checkpoint's weights."""
+    loopback_hub.preupload_delay_s = 2.0
     repo_id = f"{loopback_hub.user}/vit-digits-every-save"
     output_dir = tmp_path / "run"
     command = [sys.executable, str(EXAMPLE), "--output_dir", str(output_dir), *TINY_BUDGET]
@@ -167,10 +170,11 @@ def test_mid_training_pushes_upload_only_the_student_and_its_card(loopback_hub, 
     for commit in commits:
         pickles = [name for name in commit.files if name.endswith((".bin", ".pt", ".pth"))]
         assert pickles == [], (commit.title, pickles)
-    first = in_progress[0].files
+    first, second = (commit.files for commit in in_progress)
     assert {"config.json", "model.safetensors", "README.md", CARD_DATA_FILE} <= set(first)
-    checkpoint = output_dir / "checkpoint-3" / "model.safetensors"  # 96 images, batch 32
-    assert first["model.safetensors"].content == checkpoint.read_bytes()
+    for files, step in ((first, 3), (second, 6)):  # 96 images, batch 32: 3 steps an epoch
+        checkpoint = output_dir / f"checkpoint-{step}" / "model.safetensors"
+        assert files["model.safetensors"].content == checkpoint.read_bytes(), step
     final = loopback_hub.files(repo_id)
     assert final["model.safetensors"].content == (output_dir / "model.safetensors").read_bytes()
 
