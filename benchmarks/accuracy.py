@@ -35,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -222,10 +223,18 @@ class TensorData:
     label_names: tuple[str, ...]
 
 
+def data_cache_stem(dataset_name: str, image_size: int) -> str:
+    """Cache file stem of one dataset at one resolution: its name and a hash of the full
+    path or Hub id (two datasets of the same name never share a cache)."""
+    identity = dataset_name.rstrip("/")
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return f"{os.path.basename(identity)}-{digest}_{image_size}px"
+
+
 def load_tensor_data(dataset_name: str, image_size: int, cache_dir: Path) -> TensorData:
     """Decode the dataset once, box-downsample it to ``image_size`` and cache it as uint8."""
-    cache_file = cache_dir / f"cifar_{image_size}px.safetensors"
-    names_file = cache_dir / f"cifar_{image_size}px_labels.json"
+    stem = data_cache_stem(dataset_name, image_size)
+    cache_file, names_file = cache_dir / f"{stem}.safetensors", cache_dir / f"{stem}_labels.json"
     if cache_file.exists() and names_file.exists():
         tensors = load_file(cache_file)
         label_names = tuple(json.loads(names_file.read_text()))
@@ -236,8 +245,10 @@ def load_tensor_data(dataset_name: str, image_size: int, cache_dir: Path) -> Ten
         images, labels = _decode_split(data.splits[split], image_size)
         tensors[f"{prefix}_images"], tensors[f"{prefix}_labels"] = images, labels
     cache_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, cache_file)
-    names_file.write_text(json.dumps(list(data.label_names)))
+    partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.partial")
+    save_file(tensors, partial)
+    os.replace(partial, cache_file)
+    write_atomically(names_file, json.dumps(list(data.label_names)))
     return TensorData(**tensors, label_names=data.label_names)
 
 
@@ -584,10 +595,11 @@ def describe_device() -> str:
 
 
 def planned_runs(tier: TierConfig) -> list[tuple[StudentSpec, int]]:
-    """Priority order: every method at every seed (seed by seed), then the MCLD ablations
-    at the first seed."""
+    """Priority order: every method at every seed (seed by seed), then every MCLD ablation at
+    every seed (seed by seed), so each ablation is compared with the default on the same
+    seeds."""
     plan = [(spec, seed) for seed in tier.seeds for spec in METHODS]
-    plan += [(spec, tier.seeds[0]) for spec in MCLD_ABLATIONS]
+    plan += [(spec, seed) for seed in tier.seeds for spec in MCLD_ABLATIONS]
     return plan
 
 
@@ -600,12 +612,13 @@ def run_benchmark(
     only: Sequence[str] | None = None,
     readme: Path | None = None,
     ablation_seeds: Sequence[int] = (),
+    data_cache_dir: Path = DATA_CACHE_DIR,
 ) -> None:
     """Train the teacher (once), cache its logits, then every planned student run not yet
     recorded (only those named in ``only``, if given); with ``ablation_seeds``, also the
-    MCLD ablations at those seeds, to confirm a single-seed difference."""
+    default MCLD and its ablations at those extra seeds, to confirm a small difference."""
     runs_dir = results_dir / f"{tier.stem}_runs"
-    data = load_tensor_data(dataset_name, tier.image_size, DATA_CACHE_DIR)
+    data = load_tensor_data(dataset_name, tier.image_size, data_cache_dir)
     if limit is not None:
         data = replace(
             data,
@@ -623,7 +636,8 @@ def run_benchmark(
     if tier.num_views > 0:
         cached = cached_teacher_logits(teacher, data, tier, work_dir)
         teacher = None
-    extra = [(spec, seed) for seed in ablation_seeds for spec in MCLD_ABLATIONS]
+    default_mcld = next(spec for spec in METHODS if spec.name == "mcld")
+    extra = [(spec, seed) for seed in ablation_seeds for spec in (default_mcld, *MCLD_ABLATIONS)]
     for spec, seed in [*planned_runs(tier), *extra]:
         if record_path(runs_dir, f"{spec.name}_seed{seed}").exists():
             continue
@@ -674,7 +688,12 @@ def summarise(records: dict[str, dict], tier: TierConfig) -> dict[str, Any]:
             spec.name: summary_rows[spec.name] for spec in METHODS if spec.name in summary_rows
         },
         "mcld_ablations": {
-            spec.name: summary_rows[spec.name]
+            spec.name: {
+                **summary_rows[spec.name],
+                "delta_vs_default": ablation_deltas(
+                    summary_rows[spec.name], summary_rows.get("mcld")
+                ),
+            }
             for spec in MCLD_ABLATIONS
             if spec.name in summary_rows
         },
@@ -739,21 +758,19 @@ def markdown_report(summary: dict, tier_config: TierConfig, chart_name: str) -> 
         lines.append("")
     lines += [methods_table(summary), "", f"![accuracy per method]({chart_name})", ""]
     if summary["mcld_ablations"]:
-        baseline = summary["methods"].get("mcld")
         lines += [
-            "MCLD ablations (each changes one option of the defaults of spec 6.2; seed 0, and "
-            "more seeds where a single-seed difference needed confirming; delta against the "
-            "default MCLD runs with the same seeds):",
+            "MCLD ablations (each changes one option of the defaults of spec 6.2). The delta "
+            "is paired: ablation minus default MCLD at the same seed, mean ± std over seeds, "
+            "then each seed's difference:",
             "",
-            "| ablation | options | top-1 % | delta vs default |",
-            "|---|---|---|---|",
+            "| ablation | options | top-1 % | delta vs default | per-seed deltas |",
+            "|---|---|---|---|---|",
         ]
         for name, row in summary["mcld_ablations"].items():
             options = ABLATION_OVERRIDES[name]
-            delta = ablation_delta(row, baseline)
-            delta_cell = f"{delta:+.2f}" if delta is not None else "n/a"
             lines.append(
-                f"| {name} | `{json.dumps(options)}` | {_accuracy_cell(row)} | {delta_cell} |"
+                f"| {name} | `{json.dumps(options)}` | {_accuracy_cell(row)} | "
+                f"{_delta_cells(row['delta_vs_default'])} |"
             )
         lines.append("")
     pending = summary["pending"]
@@ -770,13 +787,24 @@ def markdown_report(summary: dict, tier_config: TierConfig, chart_name: str) -> 
     return "\n".join(lines)
 
 
-def ablation_delta(row: dict, baseline: dict | None) -> float | None:
-    """Mean top-1 of an ablation minus the default MCLD's mean over the same seeds; ``None``
-    when the default has not run at every one of them."""
+def ablation_deltas(row: dict, baseline: dict | None) -> list[float] | None:
+    """Per-seed differences, ablation top-1 minus the default MCLD's at the same seed (in the
+    ablation's seed order); ``None`` when the default has not run at every one of them."""
     if baseline is None or not set(row["seeds"]) <= set(baseline["seeds"]):
         return None
-    same_seeds = [baseline["top1"][baseline["seeds"].index(seed)] for seed in row["seeds"]]
-    return row["top1_mean"] - statistics.mean(same_seeds)
+    return [
+        accuracy - baseline["top1"][baseline["seeds"].index(seed)]
+        for seed, accuracy in zip(row["seeds"], row["top1"], strict=True)
+    ]
+
+
+def _delta_cells(deltas: list[float] | None) -> str:
+    """``mean ± std | d0, d1, ...`` of paired deltas (two table cells)."""
+    if deltas is None:
+        return "n/a | n/a"
+    spread = f" ± {statistics.stdev(deltas):.2f}" if len(deltas) > 1 else ""
+    each = ", ".join(f"{delta:+.2f}" for delta in deltas)
+    return f"{statistics.mean(deltas):+.2f}{spread} | {each}"
 
 
 def methods_table(summary: dict) -> str:
@@ -878,6 +906,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset_name", default=DEFAULT_DATASET, help="path or Hub id")
     parser.add_argument("--work_dir", default=str(REPO_ROOT / "outputs" / "accuracy"))
     parser.add_argument(
+        "--data_cache_dir",
+        default=str(DATA_CACHE_DIR),
+        help="where the decoded, downsampled uint8 images are cached",
+    )
+    parser.add_argument(
         "--results_dir",
         default=str(RESULTS_DIR),
         help="records: <results_dir>/accuracy_runs; report: RESULTS.md next to <results_dir>",
@@ -894,7 +927,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=(),
-        help="also run the MCLD ablations (those named by --only) at these seeds",
+        help="also run the default MCLD and its ablations (those named by --only) at these "
+        "extra seeds",
     )
     return parser.parse_args(argv)
 
@@ -927,6 +961,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.only,
             readme,
             ablation_seeds=args.ablation_seeds,
+            data_cache_dir=Path(args.data_cache_dir),
         )
     write_report(results_dir, tier, readme)
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features
+from datasets import Image as ImageFeature
+from PIL import Image
+from safetensors.torch import load_file
 
 from benchmarks.accuracy import (
     MCLD_ABLATIONS,
@@ -16,12 +21,16 @@ from benchmarks.accuracy import (
     TIERS,
     AugmentedImages,
     StudentSpec,
-    ablation_delta,
+    ablation_deltas,
     distillation_arguments,
     draw_view_params,
+    main,
+    normalise,
     planned_runs,
     write_report,
 )
+from hf_kd.losses import preset
+from hf_kd.models import load_classifier
 
 
 def _images(count: int = 6, size: int = 4) -> torch.Tensor:
@@ -118,14 +127,156 @@ def test_the_plan_runs_every_method_at_every_seed_before_the_ablations() -> None
     tier = TIERS["cpu"]
     plan = [(spec.name, seed) for spec, seed in planned_runs(tier)]
     method_runs = [(spec.name, seed) for seed in tier.seeds for spec in METHODS]
-    ablation_runs = [(spec.name, tier.seeds[0]) for spec in MCLD_ABLATIONS]
+    ablation_runs = [(spec.name, seed) for seed in tier.seeds for spec in MCLD_ABLATIONS]
     assert plan == method_runs + ablation_runs
-    assert len(set(plan)) == len(METHODS) * len(tier.seeds) + len(MCLD_ABLATIONS)
+    assert len(set(plan)) == (len(METHODS) + len(MCLD_ABLATIONS)) * len(tier.seeds)
 
 
-def test_an_ablation_is_compared_with_the_default_on_the_same_seeds() -> None:
+def test_an_ablation_is_compared_with_the_default_seed_by_seed() -> None:
     default = {"seeds": [0, 1, 2], "top1": [40.0, 41.0, 39.0]}
     two_seeds = {"seeds": [0, 2], "top1": [41.0, 40.5], "top1_mean": 40.75}
-    assert ablation_delta(two_seeds, default) == pytest.approx(40.75 - 39.5)
-    assert ablation_delta({"seeds": [3], "top1": [1.0], "top1_mean": 1.0}, default) is None
-    assert ablation_delta(two_seeds, None) is None
+    assert ablation_deltas(two_seeds, default) == pytest.approx([1.0, 1.5])
+    assert ablation_deltas({"seeds": [3], "top1": [1.0], "top1_mean": 1.0}, default) is None
+    assert ablation_deltas(two_seeds, None) is None
+
+
+def test_the_report_gives_paired_ablation_deltas(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    runs = results / "accuracy_runs"
+    runs.mkdir(parents=True)
+    objective = {"loss_kwargs": {}}
+    accuracies = {"mcld": (40.0, 41.0, 39.0), "mcld_tau_0.2": (40.5, 40.0, 39.0)}
+    for name, per_seed in accuracies.items():
+        for seed, top1 in enumerate(per_seed):
+            record = {"name": name, "method": "mcld", "seed": seed, "top1": top1}
+            record.update(wall_time_s=1.0, objective=objective)
+            (runs / f"{name}_seed{seed}.json").write_text(json.dumps(record))
+
+    summary = write_report(results, TIERS["cpu"])
+
+    deltas = summary["mcld_ablations"]["mcld_tau_0.2"]["delta_vs_default"]
+    assert deltas == pytest.approx([0.5, -1.0, 0.0])
+    # mean -0.17, sample std of (0.5, -1.0, 0.0) = 0.76
+    row = (
+        '| mcld_tau_0.2 | `{"tau": 0.2}` | 39.83 ± 0.76 (n=3) | -0.17 ± 0.76 '
+        "| +0.50, -1.00, +0.00 |"
+    )
+    assert row in (tmp_path / "RESULTS.md").read_text()
+
+
+# ---- the whole benchmark on a tiny CIFAR-shaped dataset ----
+
+TINY_CLASSES = ("red", "green", "blue", "grey")
+
+
+def _tiny_split(count: int, rng: np.random.Generator) -> Dataset:
+    """32x32 RGB images whose class is their dominant colour, with noise."""
+    images, labels = [], []
+    for index in range(count):
+        label = index % len(TINY_CLASSES)
+        pixels = rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)
+        if label < 3:
+            pixels[..., label] += 150
+        else:
+            pixels += 90
+        images.append(Image.fromarray(pixels))
+        labels.append(label)
+    features = Features({"img": ImageFeature(), "fine_label": ClassLabel(names=TINY_CLASSES)})
+    return Dataset.from_dict({"img": images, "fine_label": labels}, features=features)
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny_cifar"
+    DatasetDict({"train": _tiny_split(48, rng), "test": _tiny_split(16, rng)}).save_to_disk(
+        str(path)
+    )
+    return path
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """``main`` sets torch's thread count for the whole process: restore it afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _benchmark_argv(dataset: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset_name", str(dataset),
+        "--work_dir", str(tmp_path / "work"),
+        "--results_dir", str(tmp_path / "results"),
+        "--data_cache_dir", str(tmp_path / "data_cache"),
+        "--teacher_epochs", "1", "--student_epochs", "1", "--seeds", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("keep_torch_threads")
+def test_cpu_tier_trains_the_teacher_caches_its_views_distils_and_resumes(
+    tiny_cifar: Path, tmp_path: Path
+) -> None:
+    argv = _benchmark_argv(tiny_cifar, tmp_path, "--only", "ce", "mcld", "mcld_no_sample")
+    main(argv)
+
+    runs = tmp_path / "results" / "accuracy_runs"
+    records = {path.stem: json.loads(path.read_text()) for path in runs.glob("*.json")}
+    assert sorted(records) == ["ce_seed0", "mcld_no_sample_seed0", "mcld_seed0", "teacher"]
+    assert records["teacher"]["architecture"] == TIERS["cpu"].teacher_architecture
+    assert records["ce_seed0"]["objective"]["kd_weight"] == 0.0
+    mcld_kwargs = records["mcld_seed0"]["objective"]["loss_kwargs"]
+    assert mcld_kwargs["category_warmup_epochs"] == pytest.approx(20 / 240)
+    assert records["mcld_no_sample_seed0"]["objective"]["loss_kwargs"]["sample_weight"] == 0.0
+    for record in records.values():
+        assert 0.0 <= record["top1"] <= 100.0 and record["dataset"] == "tiny_cifar"
+
+    # The cache holds the trained teacher's logits of exactly the replayed 16x16 views.
+    work = tmp_path / "work"
+    cached = load_file(work / "teacher_logits_4views.safetensors")["teacher_logits"]
+    assert cached.shape == (48, 4, len(TINY_CLASSES)) and cached.dtype == torch.float16
+    data = load_file(next((tmp_path / "data_cache").glob("tiny_cifar-*_16px.safetensors")))
+    assert data["train_images"].shape == (48, 3, 16, 16)
+    views = draw_view_params(48, 4, seed=1234, pad=2)
+    view = AugmentedImages(data["train_images"], data["train_labels"], views, fixed_view=2)[5]
+    teacher = load_classifier(str(work / "teacher")).eval()
+    with torch.no_grad():
+        logits = teacher(pixel_values=normalise(view["pixel_values"][None])).logits[0]
+    torch.testing.assert_close(cached[5, 2].float(), logits, atol=1e-2, rtol=1e-2)
+
+    summary = json.loads((tmp_path / "results" / "accuracy.json").read_text())
+    no_sample = summary["mcld_ablations"]["mcld_no_sample"]
+    mcld_top1 = records["mcld_seed0"]["top1"]
+    assert no_sample["delta_vs_default"] == pytest.approx(
+        [records["mcld_no_sample_seed0"]["top1"] - mcld_top1]
+    )
+    assert "## Accuracy on CIFAR-100 (CPU budget)" in (tmp_path / "RESULTS.md").read_text()
+
+    # A second run finds every requested run recorded and trains nothing.
+    written = {path.name: path.stat().st_mtime_ns for path in runs.glob("*.json")}
+    main(argv)
+    assert {path.name: path.stat().st_mtime_ns for path in runs.glob("*.json")} == written
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("keep_torch_threads")
+def test_full_tier_distils_from_the_live_teacher_at_32px(tiny_cifar: Path, tmp_path: Path) -> None:
+    main(_benchmark_argv(tiny_cifar, tmp_path, "--full", "--only", "kd"))
+
+    runs = tmp_path / "results" / "accuracy_full_runs"
+    teacher = json.loads((runs / "teacher.json").read_text())
+    student = json.loads((runs / "kd_seed0.json").read_text())
+    assert teacher["architecture"] == "cifar_resnet32x4"
+    assert student["architecture"] == "cifar_resnet8x4"
+    assert (student["tier"]["image_size"], student["tier"]["num_views"]) == (32, 0)
+    kd_preset = preset("kd", "cifar100")
+    objective = student["objective"]
+    assert (objective["ce_weight"], objective["kd_weight"]) == (
+        kd_preset.ce_weight,
+        kd_preset.kd_weight,
+    )
+    assert not list((tmp_path / "work").glob("teacher_logits_*"))  # no cache: live teacher
+    assert "## Accuracy on CIFAR-100 (full recipe)" in (tmp_path / "RESULTS.md").read_text()
+    assert (tmp_path / "results" / "accuracy_full.png").stat().st_size > 0
