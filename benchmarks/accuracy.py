@@ -582,10 +582,23 @@ def write_record(runs_dir: Path, record: dict, tier: TierConfig, dataset_name: s
         "dataset": os.path.basename(dataset_name.rstrip("/")),
         "torch_threads": torch.get_num_threads(),
         "device": describe_device(),
+        "versions": library_versions(),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     write_atomically(record_path(runs_dir, record["run"]), json.dumps(record, indent=2) + "\n")
     logger.info("%s: top-1 %.2f%% in %.0f s", record["run"], record["top1"], record["wall_time_s"])
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a run's numbers depend on (another torch may round differently)."""
+    import timm
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm.__version__,
+    }
 
 
 def describe_device() -> str:
@@ -807,6 +820,32 @@ def _delta_cells(deltas: list[float] | None) -> str:
     return f"{statistics.mean(deltas):+.2f}{spread} | {each}"
 
 
+def compare_records(records: dict[str, dict], other: dict[str, dict]) -> str:
+    """A Markdown table of the runs both folders hold: top-1 in each and the difference,
+    with each folder's library versions (reproducibility across environments)."""
+    lines = [
+        "| run | top-1 % here | top-1 % other | difference |",
+        "|---|---|---|---|",
+    ]
+    differences = []
+    for run in sorted(set(records) & set(other)):
+        here, there = records[run]["top1"], other[run]["top1"]
+        differences.append(here - there)
+        lines.append(f"| {run} | {here:.2f} | {there:.2f} | {here - there:+.2f} |")
+    if differences:
+        absolute = [abs(difference) for difference in differences]
+        lines += [
+            "",
+            f"{len(differences)} runs in both; identical: "
+            f"{sum(difference == 0 for difference in differences)}; mean |difference| "
+            f"{statistics.mean(absolute):.2f}, largest {max(absolute):.2f}.",
+        ]
+    for name, folder in (("here", records), ("other", other)):
+        versions = sorted({json.dumps(r["versions"]) for r in folder.values() if "versions" in r})
+        lines.append(f"Versions {name}: {', '.join(versions) or 'not recorded'}.")
+    return "\n".join(lines)
+
+
 def methods_table(summary: dict) -> str:
     """The per-method table (Markdown), shared by RESULTS.md and the README."""
     lines = [
@@ -860,7 +899,9 @@ def plot_methods(summary: dict, title: str, path: Path) -> None:
     means = [summary["methods"][name]["top1_mean"] for name in names]
     stds = [summary["methods"][name]["top1_std"] or 0.0 for name in names]
     figure, axes = plt.subplots(figsize=(7, 3.5))
-    axes.bar(names, means, yerr=stds, capsize=4, color="tab:blue")
+    bars = axes.bar(names, means, yerr=stds, capsize=4, color="tab:blue")
+    # the axis does not start at 0: print each mean on its bar
+    axes.bar_label(bars, labels=[f"{mean:.1f}" for mean in means], label_type="center", color="w")
     if summary["teacher"] is not None:
         axes.axhline(summary["teacher"]["top1"], color="tab:red", linestyle="--", label="teacher")
         axes.legend()
@@ -892,7 +933,7 @@ def write_report(results_dir: Path, tier: TierConfig, readme: Path | None = None
         updated = existing.rstrip("\n") + "\n\n" + section
     else:
         end = existing.find("\n## ", start + len(tier.report_section))
-        updated = existing[:start] + section + (existing[end + 1 :] if end != -1 else "")
+        updated = existing[:start] + section + ("\n" + existing[end + 1 :] if end != -1 else "")
     write_atomically(results_md, updated)
     if readme is not None:
         update_readme(readme, summary, os.path.relpath(chart, readme.parent))
@@ -922,6 +963,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--student_epochs", type=float, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--compare_with",
+        default=None,
+        help="a folder of records of the same runs made elsewhere (another machine or torch): "
+        "print the per-run top-1 differences",
+    )
     parser.add_argument(
         "--ablation_seeds",
         type=int,
@@ -964,6 +1011,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             data_cache_dir=Path(args.data_cache_dir),
         )
     write_report(results_dir, tier, readme)
+    if args.compare_with:
+        runs_dir = results_dir / f"{tier.stem}_runs"
+        print(compare_records(load_records(runs_dir), load_records(Path(args.compare_with))))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from benchmarks.accuracy import (
     AugmentedImages,
     StudentSpec,
     ablation_deltas,
+    compare_records,
     distillation_arguments,
     draw_view_params,
     main,
@@ -138,6 +139,16 @@ def test_an_ablation_is_compared_with_the_default_seed_by_seed() -> None:
     assert ablation_deltas(two_seeds, default) == pytest.approx([1.0, 1.5])
     assert ablation_deltas({"seeds": [3], "top1": [1.0], "top1_mean": 1.0}, default) is None
     assert ablation_deltas(two_seeds, None) is None
+
+
+def test_records_of_two_environments_are_compared_run_by_run() -> None:
+    here = {"kd_seed0": {"top1": 36.0, "versions": {"torch": "a"}}, "ce_seed0": {"top1": 33.0}}
+    other = {"kd_seed0": {"top1": 35.5}, "ce_seed0": {"top1": 33.0}, "rld_seed0": {"top1": 1.0}}
+    table = compare_records(here, other)
+    assert "| kd_seed0 | 36.00 | 35.50 | +0.50 |" in table
+    assert "| ce_seed0 | 33.00 | 33.00 | +0.00 |" in table and "rld_seed0" not in table
+    assert "2 runs in both; identical: 1; mean |difference| 0.25, largest 0.50." in table
+    assert 'Versions here: {"torch": "a"}.' in table and "Versions other: not recorded." in table
 
 
 def test_the_report_gives_paired_ablation_deltas(tmp_path: Path) -> None:
