@@ -956,7 +956,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=str(RESULTS_DIR),
         help="records: <results_dir>/accuracy_runs; report: RESULTS.md next to <results_dir>",
     )
-    parser.add_argument("--only", nargs="+", default=None, help="run only these names")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="run only these students (the teacher is trained first whenever it is missing: "
+        "'--only teacher' trains and caches it and runs no student)",
+    )
     parser.add_argument("--report", action="store_true", help="only aggregate the records")
     parser.add_argument("--limit", type=int, default=None, help="use the first N images only")
     parser.add_argument("--teacher_epochs", type=float, default=None)
