@@ -43,7 +43,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -245,9 +245,7 @@ def load_tensor_data(dataset_name: str, image_size: int, cache_dir: Path) -> Ten
         images, labels = _decode_split(data.splits[split], image_size)
         tensors[f"{prefix}_images"], tensors[f"{prefix}_labels"] = images, labels
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.partial")
-    save_file(tensors, partial)
-    os.replace(partial, cache_file)
+    replace_atomically(cache_file, lambda partial: save_file(tensors, partial))
     write_atomically(names_file, json.dumps(list(data.label_names)))
     return TensorData(**tensors, label_names=data.label_names)
 
@@ -450,7 +448,9 @@ def cached_teacher_logits(
     if logits_file.exists():
         return view_params, load_file(logits_file)["teacher_logits"]
     teacher_logits = cache_teacher_logits(teacher, data, view_params, tier.pad)
-    save_file({"teacher_logits": teacher_logits}, logits_file)
+    replace_atomically(
+        logits_file, lambda partial: save_file({"teacher_logits": teacher_logits}, partial)
+    )
     return view_params, teacher_logits
 
 
@@ -562,12 +562,16 @@ def train_student(
 # ---- records and schedule ----
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so two benchmark
-    processes sharing a results folder never leave a half-written file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
+def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """Create ``path`` with ``write`` (called on a temporary file of the same suffix) and a
+    rename, so two benchmark processes sharing a folder never see a half-written file."""
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    write(partial)
     os.replace(partial, path)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    replace_atomically(path, lambda partial: partial.write_text(text))
 
 
 def record_path(runs_dir: Path, run: str) -> Path:
@@ -910,9 +914,7 @@ def plot_methods(summary: dict, title: str, path: Path) -> None:
     highest = [*means, summary["teacher"]["top1"]] if summary["teacher"] else means
     axes.set_ylim(max(0.0, min(means) - 5), max(highest) + 3)
     figure.tight_layout()
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=120)
-    os.replace(partial, path)
+    replace_atomically(path, lambda partial: figure.savefig(partial, dpi=120))
     plt.close(figure)
 
 
