@@ -586,15 +586,13 @@ class DistillationTrainer(Trainer):
             commit_message=commit_message or "Upload distilled student",
             revision=revision if revision is not None else self.args.hub_revision,
             run_as_future=not blocking,
-            api=self._hub_api(token),
         )
 
-    def _hub_api(self, token: str | None = None) -> HfApi:
-        """The run's Hub client (one per token): its background uploads run one at a time,
+    def _hub_api(self) -> HfApi:
+        """The client of the mid-training pushes: its background uploads run one at a time,
         in the order they were started, so the commits follow the checkpoints."""
-        token = token if token is not None else self.args.hub_token
-        if self._hub_client is None or self._hub_client.token != token:
-            self._hub_client = HfApi(token=token, library_name="hf-kd")
+        if self._hub_client is None:
+            self._hub_client = HfApi(token=self.args.hub_token, library_name="hf-kd")
         return self._hub_client
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -602,10 +600,9 @@ class DistillationTrainer(Trainer):
         checkpoint's student files and an up-to-date card, as :meth:`push_to_hub` uploads
         them, in the background.
 
-        The files are copied to ``output_dir`` (as the Trainer does) and from there into a
-        private snapshot folder that the upload reads and that is removed once it is done:
-        a later checkpoint overwriting ``output_dir`` while an upload is still queued
-        (``hub_always_push``) cannot change or empty an earlier commit.
+        The student files and the card go into a private snapshot folder that the upload
+        reads and that is removed once it is done, so a later checkpoint cannot change or
+        empty an earlier commit whose upload is still queued (``hub_always_push``).
 
         The Trainer's own version would upload the whole output folder, ``training_args.bin``
         (a pickle) included. With ``hub_strategy`` ``checkpoint`` or ``all_checkpoints`` the
@@ -618,16 +615,14 @@ class DistillationTrainer(Trainer):
         if in_progress and not self.args.hub_always_push:
             return
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        output_dir = self.args.output_dir
-        copy_student_files(checkpoint_folder, output_dir)
-        self.create_model_card(output_dir=output_dir)
+        snapshot = tempfile.mkdtemp(prefix="hf-kd-push-")
+        copy_student_files(checkpoint_folder, snapshot)
+        self.create_model_card(output_dir=snapshot)
         message = (
             f"Training in progress, step {self.state.global_step}"
             if self.args.save_strategy == SaveStrategy.STEPS
             else f"Training in progress, epoch {int(self.state.epoch or 0)}"
         )
-        snapshot = tempfile.mkdtemp(prefix="hf-kd-push-")
-        copy_student_files(output_dir, snapshot)
         student_job = push_student_to_hub(
             snapshot,
             self.hub_model_id,
