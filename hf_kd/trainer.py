@@ -69,6 +69,7 @@ from transformers.trainer_utils import EvalLoopOutput, HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress
 
 from hf_kd.arguments import DistillationArguments
+from hf_kd.eval_samples import samples_kept_by_gather
 from hf_kd.hub import copy_student_files, push_student_to_hub, save_student
 from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
@@ -100,10 +101,13 @@ IMAGE_COLUMNS = ("pixel_values", "teacher_pixel_values")
 
 
 class RunningMeans:
-    """Sums of logged scalars kept on the device; averaged only when read.
+    """Sample-weighted sums of logged scalars kept on the device; averaged only when read.
 
-    ``add`` never synchronises with the host. ``pop_means`` averages over the micro-batches
-    added since the last read and over processes (one all-reduce), then resets.
+    ``add`` never synchronises with the host. ``pop_means`` sums the weighted values and the
+    weights over processes (one all-reduce), divides, then resets: the mean over every
+    sample added on every process. Training adds one micro-batch mean per step (weight 1,
+    equal on every process); evaluation adds the mean over a batch's real samples weighted
+    by their number.
     """
 
     def __init__(self) -> None:
@@ -111,29 +115,33 @@ class RunningMeans:
         self._count = 0
 
     def __bool__(self) -> bool:
-        return self._count > 0
+        return bool(self._sums)
 
-    def add(self, values: Mapping[str, Tensor | float]) -> None:
+    def add(self, values: Mapping[str, Tensor | float], weight: int = 1) -> None:
+        """Add means over ``weight`` samples; weight 0 (a batch of padding) adds only names."""
         for name, value in values.items():
             if isinstance(value, Tensor):
                 value = value.detach().float()
+            if weight != 1:
+                value = value * weight if weight else 0.0
             self._sums[name] = self._sums.get(name, 0.0) + value
-        self._count += 1
+        self._count += weight
 
     def reset(self) -> None:
         self._sums = {}
         self._count = 0
 
     def pop_means(self, accelerator: Accelerator) -> dict[str, float]:
-        """Mean per name over micro-batches and processes. Collective: call on every rank."""
+        """Mean per name over samples and processes. Collective: call on every rank."""
         names = sorted(self._sums)
-        sums = torch.stack(
+        totals = torch.stack(
             [
-                torch.as_tensor(self._sums[name], dtype=torch.float32, device=accelerator.device)
-                for name in names
+                torch.as_tensor(value, dtype=torch.float32, device=accelerator.device)
+                for value in [*(self._sums[name] for name in names), self._count]
             ]
         )
-        means = accelerator.reduce(sums / self._count, reduction="mean").tolist()
+        totals = accelerator.reduce(totals, reduction="sum")
+        means = (totals[:-1] / totals[-1]).tolist()
         self.reset()
         return dict(zip(names, means, strict=True))
 
@@ -356,8 +364,12 @@ class DistillationTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """The student's logits and plain cross-entropy; the teacher only if
-        ``args.eval_with_teacher``."""
+        """The student's logits ``[B, C]`` (float32) and plain cross-entropy; the teacher only
+        if ``args.eval_with_teacher``.
+
+        With labels it also adds this batch's evaluation metrics on the device
+        (:meth:`_add_eval_means`), which :meth:`evaluation_loop` reads once at the end.
+        """
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         with torch.no_grad():
@@ -369,14 +381,33 @@ class DistillationTrainer(Trainer):
             loss = None
             if labels is not None:
                 loss = F.cross_entropy(student_logits, labels)
-                if self.args.eval_with_teacher:
-                    with self.accelerator.autocast():
-                        teacher_logits = self.teacher(inputs)
-                    _, logged = self.distillation_objective(student_logits, teacher_logits, labels)
-                    self._eval_means.add(logged)
+                self._add_eval_means(inputs, student_logits, labels)
         if prediction_loss_only:
             return loss, None, None
         return loss, student_logits, labels
+
+    def _add_eval_means(
+        self, inputs: dict[str, Any], student_logits: Tensor, labels: Tensor
+    ) -> None:
+        """Add the batch's means over its real samples, weighted by their number.
+
+        Real: the samples ``gather_for_metrics`` keeps (:func:`samples_kept_by_gather` drops
+        Accelerate's padding of the last batch under DDP), so every mean is exact over the
+        evaluation set. ``loss`` is the student's cross-entropy; ``ce_loss``, ``kd_loss`` and
+        the loss terms with ``args.eval_with_teacher``.
+        """
+        kept = samples_kept_by_gather(self.accelerator, labels.shape[0])
+        # A process whose batch is all padding adds its names with weight 0 (the read is
+        # collective); one sample stands in so that no mean is taken over nothing.
+        real = slice(0, max(kept, 1))
+        logits, real_labels = student_logits[real], labels[real]
+        values: dict[str, Tensor | float] = {"loss": F.cross_entropy(logits, real_labels)}
+        if self.args.eval_with_teacher:
+            with self.accelerator.autocast():
+                teacher_logits = self.teacher(inputs)
+            _, logged = self.distillation_objective(logits, teacher_logits[real], real_labels)
+            values.update(logged)
+        self._eval_means.add(values, weight=kept)
 
     def evaluation_loop(
         self,
@@ -386,6 +417,8 @@ class DistillationTrainer(Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> EvalLoopOutput:
+        """The Trainer's loop, then the exact sample means that :meth:`prediction_step` added
+        on the device, reduced over processes once (``eval_loss`` among them)."""
         self._eval_means.reset()
         output = super().evaluation_loop(
             dataloader,
@@ -394,7 +427,7 @@ class DistillationTrainer(Trainer):
             ignore_keys=ignore_keys,
             metric_key_prefix=metric_key_prefix,
         )
-        if self._eval_means:
+        if self._eval_means:  # exact sample means; they replace the Trainer's eval_loss
             for name, value in self._eval_means.pop_means(self.accelerator).items():
                 output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output

@@ -234,6 +234,27 @@ def test_eval_with_teacher_reports_every_loss_part(tmp_path):
     assert metrics["eval_kd_warmup_factor"] == 1.0
 
 
+def test_eval_loss_parts_are_sample_means_with_a_short_last_batch(tmp_path):
+    # 9 images in batches of 8: the last batch of 1 weighs 1/9, not 1/2.
+    student, teacher = tiny_vit(seed=1), sharpened(tiny_vit(seed=2), 30.0)
+    eval_dataset = PatternDataset(9)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_path, eval_with_teacher=True, per_device_eval_batch_size=8),
+        eval_dataset=eval_dataset,
+    )
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        student_logits = student(pixel_values=eval_dataset.pixel_values).logits
+        teacher_logits = teacher(pixel_values=eval_dataset.pixel_values).logits
+    expected_ce = float(F.cross_entropy(student_logits.double(), eval_dataset.labels))
+    assert metrics["eval_loss"] == pytest.approx(expected_ce, rel=1e-5)
+    assert metrics["eval_ce_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-6)
+    expected_kd = hand_kd_loss(student_logits, teacher_logits)
+    assert metrics["eval_kd_loss"] == pytest.approx(expected_kd, rel=1e-5)
+
+
 def test_training_lowers_the_loss_and_keeps_the_teacher_frozen(tmp_path):
     student, teacher = tiny_vit(seed=1), tiny_vit(seed=2)
     teacher_before = state_dict_copy(teacher)

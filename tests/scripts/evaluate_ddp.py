@@ -1,0 +1,62 @@
+"""A 2-process evaluation for ``tests/test_distributed.py``: 9 images, batches of 8.
+
+Run as ``accelerate launch --multi_gpu --num_processes 2 tests/scripts/evaluate_ddp.py
+--use_cpu --output_dir DIR --result_file FILE``. Accelerate pads the second process's
+batch with 7 duplicates; every rank evaluates the student with the teacher and writes
+``FILE.rank<r>.json`` with the metrics and, computed on the whole set in one process, the
+values they must equal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import HfArgumentParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for distill_helpers
+
+from distill_helpers import PatternDataset, sharpened, tiny_vit
+
+from hf_kd.arguments import DistillationArguments
+from hf_kd.losses import build_loss
+from hf_kd.trainer import DistillationTrainer
+
+
+@dataclass
+class ScriptArguments:
+    result_file: str = field(metadata={"help": "Each rank writes RESULT_FILE.rank<r>.json."})
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    script_args, args = HfArgumentParser(
+        (ScriptArguments, DistillationArguments)
+    ).parse_args_into_dataclasses()
+    student, teacher = tiny_vit(seed=1), sharpened(tiny_vit(seed=2), 30.0)
+    dataset = PatternDataset(9)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, eval_dataset=dataset
+    )
+    assert trainer.accelerator.num_processes == 2
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        student_logits = student(pixel_values=dataset.pixel_values).logits
+        teacher_logits = teacher(pixel_values=dataset.pixel_values).logits
+    expected = {
+        "eval_loss": float(F.cross_entropy(student_logits, dataset.labels)),
+        "eval_kd_loss": float(
+            build_loss("kd")(student_logits, teacher_logits, dataset.labels).loss
+        ),
+    }
+    result = {"rank": trainer.accelerator.process_index, "metrics": metrics, "expected": expected}
+    path = Path(f"{script_args.result_file}.rank{trainer.accelerator.process_index}.json")
+    path.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
