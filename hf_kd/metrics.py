@@ -1,11 +1,10 @@
-"""Classification metrics in numpy: top-1 and top-5 accuracy.
+"""Classification metrics: top-1 and top-5 accuracy.
 
-``evaluate.load("accuracy")`` downloads its script from the Hub, so hf-kd computes its
-metrics itself. The Trainer hands ``compute_metrics`` an ``EvalPrediction`` whose
-``predictions`` are either class scores ``[N, C]`` (floating) or, after
-:func:`top_k_class_indices` as ``preprocess_logits_for_metrics``, the ``k`` best class
-indices per sample ``[N, k]`` (integer, best first), which is all that top-k accuracy needs
-and keeps the gathered evaluation outputs small for many classes.
+:func:`accuracy_means` counts them on the device, batch by batch, for the trainer's
+evaluation (no ``[N, C]`` logits kept). :func:`compute_accuracy_metrics` computes them in
+numpy for ``Trainer(compute_metrics=...)``, from class scores ``[N, C]`` (floating) or the
+``k`` best class indices per sample ``[N, k]`` (integer, best first). Both rank ties
+towards the lower class index, as ``argmax`` does.
 """
 
 from __future__ import annotations
@@ -17,16 +16,28 @@ from transformers import EvalPrediction
 TOP_K = 5
 
 
-def top_k_class_indices(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """The ``min(5, C)`` highest-scoring class indices per sample, best first: ``[N, k]``.
+def label_ranks(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The 0-based rank of each sample's label among its class scores: ``[N]`` int64.
 
-    Signature of ``Trainer(preprocess_logits_for_metrics=...)``; ``labels`` is unused. A
-    stable sort breaks ties towards the lower class index, as :func:`ranked_classes` does.
+    ``rank_i = #{c : s_ic > s_iy} + #{c < y : s_ic = s_iy}`` (ties ranked towards the lower
+    class index): the label is among the ``k`` best classes iff ``rank_i < k``.
     """
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    ranked = logits.sort(dim=-1, descending=True, stable=True).indices
-    return ranked[:, : min(TOP_K, logits.shape[-1])]
+    label_scores = scores.gather(1, labels[:, None])
+    classes = torch.arange(scores.shape[1], device=scores.device)
+    tied_ahead = (scores == label_scores) & (classes < labels[:, None])
+    return ((scores > label_scores) | tied_ahead).sum(dim=1)
+
+
+def accuracy_means(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"accuracy": top-1, "top5_accuracy": top-5}`` of one batch, on its device.
+
+    Means over the batch's samples of ``[rank_i < k]`` (:func:`label_ranks`); no host sync.
+    """
+    ranks = label_ranks(scores, labels)
+    return {
+        "accuracy": (ranks < 1).float().mean(),
+        f"top{TOP_K}_accuracy": (ranks < TOP_K).float().mean(),
+    }
 
 
 def ranked_classes(predictions: np.ndarray, k: int) -> np.ndarray:

@@ -73,7 +73,7 @@ from hf_kd.eval_samples import samples_kept_by_gather
 from hf_kd.hub import copy_student_files, push_student_to_hub, save_student
 from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
-from hf_kd.metrics import compute_accuracy_metrics, top_k_class_indices
+from hf_kd.metrics import accuracy_means
 from hf_kd.model_card import (
     ModelSummary,
     StudentCard,
@@ -158,7 +158,12 @@ class DistillationTrainer(Trainer):
         teacher_preprocessing: the teacher's own input; the ``--teacher_image_*`` flags
             override it. When it differs from the student's, the student's batch is resized
             and re-normalised on the device (unless the batch has ``teacher_pixel_values``).
-        compute_metrics: defaults to top-1 ``accuracy`` and ``top5_accuracy`` (numpy).
+        compute_metrics: by default none: evaluation counts top-1 ``accuracy`` and
+            ``top5_accuracy`` on the device (:func:`hf_kd.metrics.accuracy_means`) and
+            ``evaluate()`` gathers no ``[N, C]`` logits; ``predict()`` still returns them. A
+            ``compute_metrics`` given here takes the Trainer's own path (gathered logits or
+            ``preprocess_logits_for_metrics``' output);
+            :func:`hf_kd.metrics.compute_accuracy_metrics` gives the same two metrics there.
         teacher_name, student_name: how the model card names the models (a Hub id is best:
             the teacher's becomes the card's ``base_model``). Default: the Hub id or folder
             each was loaded from, else the timm architecture or model type.
@@ -171,7 +176,9 @@ class DistillationTrainer(Trainer):
     Batches are dicts with ``pixel_values`` ``[B, 3, H, W]`` and ``labels`` ``[B]`` int64,
     optionally ``teacher_pixel_values`` and ``teacher_logits``. Evaluation reports the
     student's accuracy, top-5 accuracy and plain cross-entropy (``eval_loss``) without
-    running the teacher, unless ``args.eval_with_teacher``.
+    running the teacher, unless ``args.eval_with_teacher``: exact means over the samples,
+    also under DDP. ``predict()`` returns the student's float logits ``[N, C]``, as the
+    Trainer does, and the same metrics.
     """
 
     # compute_loss returns a per-micro-batch mean: training_step divides it by the number of
@@ -209,10 +216,6 @@ class DistillationTrainer(Trainer):
                 "DistillationTrainer computes its own loss; choose it with "
                 "--distillation_method and --loss_kwargs instead of compute_loss_func"
             )
-        if compute_metrics is None:
-            compute_metrics = compute_accuracy_metrics
-            if preprocess_logits_for_metrics is None:
-                preprocess_logits_for_metrics = top_k_class_indices
         if model is not None and args.channels_last:
             model.to(memory_format=torch.channels_last)
         super().__init__(
@@ -393,8 +396,9 @@ class DistillationTrainer(Trainer):
 
         Real: the samples ``gather_for_metrics`` keeps (:func:`samples_kept_by_gather` drops
         Accelerate's padding of the last batch under DDP), so every mean is exact over the
-        evaluation set. ``loss`` is the student's cross-entropy; ``ce_loss``, ``kd_loss`` and
-        the loss terms with ``args.eval_with_teacher``.
+        evaluation set. ``loss`` is the student's cross-entropy; ``accuracy`` and
+        ``top5_accuracy`` unless the user gave ``compute_metrics``; ``ce_loss``, ``kd_loss``
+        and the loss terms with ``args.eval_with_teacher``.
         """
         kept = samples_kept_by_gather(self.accelerator, labels.shape[0])
         # A process whose batch is all padding adds its names with weight 0 (the read is
@@ -402,6 +406,8 @@ class DistillationTrainer(Trainer):
         real = slice(0, max(kept, 1))
         logits, real_labels = student_logits[real], labels[real]
         values: dict[str, Tensor | float] = {"loss": F.cross_entropy(logits, real_labels)}
+        if self.compute_metrics is None:
+            values.update(accuracy_means(logits, real_labels))
         if self.args.eval_with_teacher:
             with self.accelerator.autocast():
                 teacher_logits = self.teacher(inputs)

@@ -132,7 +132,7 @@ def test_two_process_data_parallel_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_two_process_evaluation_means_drop_the_padding(tmp_path):
+def test_two_process_evaluation_and_prediction_drop_the_padding(tmp_path):
     # 9 images, 8 per process: the second process's batch is 1 image and 7 duplicates.
     results = launch_two_processes(
         EVALUATE_SCRIPT,
@@ -149,3 +149,10 @@ def test_two_process_evaluation_means_drop_the_padding(tmp_path):
         assert metrics["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-5)
         assert metrics["eval_ce_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-6)
         assert metrics["eval_kd_loss"] == pytest.approx(expected["eval_kd_loss"], rel=1e-5)
+        assert metrics["eval_accuracy"] == pytest.approx(expected["eval_accuracy"], abs=1e-6)
+        assert result["prediction_shape"] == [9, 5]  # the logits, padding dropped
+        assert result["prediction_max_error"] < 1e-5
+        for name in ("loss", "accuracy", "top5_accuracy"):
+            assert result["prediction_metrics"][f"test_{name}"] == pytest.approx(
+                metrics[f"eval_{name}"]
+            )

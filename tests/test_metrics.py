@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy in numpy against hand-counted values."""
+"""Top-1 / top-5 accuracy, on the device and in numpy, against hand-counted values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import pytest
 import torch
 from transformers import EvalPrediction
 
-from hf_kd.metrics import compute_accuracy_metrics, top_k_accuracy, top_k_class_indices
+from hf_kd.metrics import (
+    accuracy_means,
+    compute_accuracy_metrics,
+    label_ranks,
+    top_k_accuracy,
+)
 
 # 4 samples, 6 classes. Ranked classes per row (best first):
 #   row 0: 2 > 0 > 1 > 3 > 4 > 5      label 2 -> top-1 hit
@@ -33,9 +38,18 @@ def test_top_k_accuracy_from_scores():
     assert top_k_accuracy(SCORES, LABELS, 6) == 1.0
 
 
+def test_label_ranks_and_device_means():
+    ranks = label_ranks(torch.from_numpy(SCORES), torch.from_numpy(LABELS))
+    assert ranks.tolist() == [0, 5, 1, 1]
+    means = accuracy_means(torch.from_numpy(SCORES), torch.from_numpy(LABELS))
+    assert {name: float(value) for name, value in means.items()} == {
+        "accuracy": 0.25,
+        "top5_accuracy": 0.75,
+    }
+
+
 def test_top_k_indices_give_the_same_metrics_as_scores():
-    indices = top_k_class_indices(torch.from_numpy(SCORES)).numpy()
-    assert indices.shape == (4, 5)
+    indices = np.argsort(-SCORES, axis=-1, kind="stable")[:, :5]
     from_scores = compute_accuracy_metrics(EvalPrediction(SCORES, LABELS))
     from_indices = compute_accuracy_metrics(EvalPrediction(indices, LABELS))
     assert from_scores == from_indices == {"accuracy": 0.25, "top5_accuracy": 0.75}
@@ -43,7 +57,11 @@ def test_top_k_indices_give_the_same_metrics_as_scores():
 
 def test_fewer_classes_than_k():
     scores = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
-    assert top_k_class_indices(torch.from_numpy(scores)).shape == (2, 2)
+    means = accuracy_means(torch.from_numpy(scores), torch.tensor([0, 0]))
+    assert {name: float(value) for name, value in means.items()} == {
+        "accuracy": 0.5,
+        "top5_accuracy": 1.0,
+    }
     metrics = compute_accuracy_metrics(EvalPrediction(scores, np.array([0, 0])))
     assert metrics == {"accuracy": 0.5, "top5_accuracy": 1.0}
 

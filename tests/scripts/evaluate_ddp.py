@@ -3,8 +3,8 @@
 Run as ``accelerate launch --multi_gpu --num_processes 2 tests/scripts/evaluate_ddp.py
 --use_cpu --output_dir DIR --result_file FILE``. Accelerate pads the second process's
 batch with 7 duplicates; every rank evaluates the student with the teacher and writes
-``FILE.rank<r>.json`` with the metrics and, computed on the whole set in one process, the
-values they must equal.
+``FILE.rank<r>.json`` with the metrics, ``predict()``'s output and, computed on the whole
+set in one process, the values they must equal.
 """
 
 from __future__ import annotations
@@ -44,16 +44,25 @@ def main() -> None:
     )
     assert trainer.accelerator.num_processes == 2
     metrics = trainer.evaluate()
+    prediction = trainer.predict(dataset)
     with torch.no_grad():
         student_logits = student(pixel_values=dataset.pixel_values).logits
         teacher_logits = teacher(pixel_values=dataset.pixel_values).logits
     expected = {
         "eval_loss": float(F.cross_entropy(student_logits, dataset.labels)),
+        "eval_accuracy": float((student_logits.argmax(1) == dataset.labels).float().mean()),
         "eval_kd_loss": float(
             build_loss("kd")(student_logits, teacher_logits, dataset.labels).loss
         ),
     }
-    result = {"rank": trainer.accelerator.process_index, "metrics": metrics, "expected": expected}
+    result = {
+        "rank": trainer.accelerator.process_index,
+        "metrics": metrics,
+        "expected": expected,
+        "prediction_shape": list(prediction.predictions.shape),
+        "prediction_max_error": float(abs(prediction.predictions - student_logits.numpy()).max()),
+        "prediction_metrics": prediction.metrics,
+    }
     path = Path(f"{script_args.result_file}.rank{trainer.accelerator.process_index}.json")
     path.write_text(json.dumps(result, indent=2))
 
