@@ -140,6 +140,7 @@ def cache_teacher_logits(
             "seed": views.seed,
         },
         "storage": {"autocast": None if autocast_dtype is None else str(autocast_dtype)},
+        "teacher_id2label": _id2label_of(teacher),
     }
     _check_labels(split, getattr(getattr(teacher, "config", None), "num_labels", None))
     writer = CacheWriter(output_path, dtype=dtype, top_k=top_k, overwrite=overwrite)
@@ -176,6 +177,14 @@ def cache_teacher_logits(
         output_path,
     )
     return load_teacher_logit_cache(output_path)
+
+
+def _id2label_of(teacher: torch.nn.Module) -> dict[str, str] | None:
+    """The teacher's class name per logit index (JSON keys), ``None`` without a config."""
+    config = getattr(teacher, "config", None)
+    if config is None:
+        return None
+    return {str(index): str(name) for index, name in config.id2label.items()}
 
 
 def _precision(
