@@ -3,7 +3,8 @@
 The protocol of the distillation literature (CRD, Tian et al., ICLR 2020; reused by MCLD on
 STL-10 and Tiny-ImageNet): freeze the student, take its penultimate pooled features (the
 input of its classification head), train a linear classifier on the target dataset's train
-split, and report top-1 accuracy on its test split.
+split, and report top-1 accuracy on its test split (hf-kd's ``evaluate`` accuracy module,
+:func:`hf_kd.metrics.load_accuracy_metric`).
 
 * Images are converted to RGB and resized straight to the student's input size (no crop),
   then normalised with the student's own mean/std.
@@ -34,6 +35,7 @@ from PIL import Image as PILImage
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from hf_kd.metrics import load_accuracy_metric
 from hf_kd.models import is_timm_model
 from hf_kd.preprocessing import ImagePreprocessing, pil_resampling
 
@@ -393,7 +395,10 @@ def evaluate_transfer(
         train_features.shape[1],
     )
     probe = train_linear_probe(train_features, train_labels, data.num_classes, probe_config)
-    accuracy = (probe.predict(eval_features) == eval_labels).float().mean().item()
+    accuracy = load_accuracy_metric().compute(
+        predictions=probe.predict(eval_features).cpu().numpy(),
+        references=eval_labels.cpu().numpy(),
+    )["accuracy"]
     return TransferResult(
         dataset=data.dataset,
         display_name=data.display_name,
