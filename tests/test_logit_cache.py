@@ -202,6 +202,29 @@ def test_autocast_runs_the_teacher_in_low_precision_and_is_recorded(
     assert (cached - live_logits(teacher, pixel_values)).abs().max() > 1e-4
 
 
+def test_caching_shows_a_progress_bar_unless_disabled(
+    teacher: PreTrainedModel,
+    train: Dataset,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    progress_bars_on: None,
+) -> None:
+    for disable_tqdm in (False, True):
+        capsys.readouterr()
+        hf_kd.cache_teacher_logits(
+            teacher,
+            train,
+            preprocessing=PREPROCESSING,
+            output_path=tmp_path / str(disable_tqdm),
+            split_name="train",
+            batch_size=12,
+            disable_tqdm=disable_tqdm,
+        )
+        shown = capsys.readouterr().err
+        bar = "Caching teacher logits: 100%|"
+        assert (bar in shown and f"| {ROWS}/{ROWS} " in shown) != disable_tqdm, shown
+
+
 # --- reuse and refusal ----------------------------------------------------------------------
 
 

@@ -35,10 +35,9 @@ from hf_kd.logit_cache.storage import (
     load_teacher_logit_cache,
 )
 from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
-
-LOG_EVERY_BATCHES = 50
 
 
 def cache_teacher_logits(
@@ -59,6 +58,7 @@ def cache_teacher_logits(
     num_workers: int = 0,
     overwrite: bool = False,
     source: Mapping[str, Any] | None = None,
+    disable_tqdm: bool = False,
 ) -> TeacherLogitCache:
     """Run ``teacher`` once over every row (and view) of ``dataset_split``; store its logits.
 
@@ -103,6 +103,7 @@ def cache_teacher_logits(
         num_workers: ``DataLoader`` workers decoding images.
         overwrite: replace a cache already at ``output_path``.
         source: informational names stored in the metadata (teacher and dataset ids).
+        disable_tqdm: hide the progress bar over the views (:func:`hf_kd.progress.progress_bar`).
 
     Returns:
         The cache, loaded.
@@ -158,14 +159,19 @@ def cache_teacher_logits(
     was_training = teacher.training
     teacher.eval()
     started = time.perf_counter()
+    bar = progress_bar(
+        desc="Caching teacher logits", total=len(loader.dataset), unit="view", disable=disable_tqdm
+    )
     try:
-        for step, batch in enumerate(loader, start=1):
-            pixel_values = batch["pixel_values"].to(parameter.device, dtype=parameter.dtype)
-            with torch.inference_mode(), _precision(parameter.device, autocast_dtype):
-                logits = teacher(pixel_values=pixel_values).logits
-            writer.write(batch[ROW_INDEX_COLUMN], batch[VIEW_INDEX_COLUMN], batch["labels"], logits)
-            if step % LOG_EVERY_BATCHES == 0:
-                logger.info("cached %d of %d views", writer.num_records, len(loader.dataset))
+        with bar:
+            for batch in loader:
+                pixel_values = batch["pixel_values"].to(parameter.device, dtype=parameter.dtype)
+                with torch.inference_mode(), _precision(parameter.device, autocast_dtype):
+                    logits = teacher(pixel_values=pixel_values).logits
+                writer.write(
+                    batch[ROW_INDEX_COLUMN], batch[VIEW_INDEX_COLUMN], batch["labels"], logits
+                )
+                bar.update(len(logits))
     finally:
         teacher.train(was_training)
     writer.finish(identity, source=dict(source or {}))
