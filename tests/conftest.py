@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,16 @@ CORRUPT_FILE_NAME = "broken.png"
 def _one_thread() -> None:
     """The test machine's cores are shared: one intra-op thread per test process."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection (the Hub) fails the test."""
+
+    def refuse(sock: socket.socket, address: object) -> None:
+        raise AssertionError(f"network access to {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ hand-counted values."""
 
 from __future__ import annotations
 
-import socket
-
 import evaluate
 import numpy as np
 import pytest
@@ -35,16 +33,6 @@ SCORES = np.array(
     dtype=np.float32,
 )
 LABELS = np.array([2, 0, 3, 4])
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a network connection (the Hub) fails the test."""
-
-    def refuse(sock: socket.socket, address: object) -> None:
-        raise AssertionError(f"network access to {address!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def test_label_ranks_and_device_means():

@@ -4,7 +4,6 @@ evaluator, offline, with hf-kd's ``evaluate`` accuracy module: the accuracy that
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,6 @@ STUDENTS = {
         | {"num_attention_heads": 2, "intermediate_size": 64},
     ),
 }
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a network connection (the Hub) fails the test."""
-
-    def refuse(sock: socket.socket, address: object) -> None:
-        raise AssertionError(f"network access to {address!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.mark.parametrize("kind", sorted(STUDENTS))

@@ -275,31 +275,11 @@ def test_a_user_compute_metrics_gets_the_logits_as_in_the_trainer(tmp_path):
         assert metrics[name] == pytest.approx(expected[name], abs=1e-6)
 
 
-def test_eval_with_teacher_reports_every_loss_part(tmp_path):
+@pytest.mark.parametrize("num_images", [16, 9], ids=["two_full_batches", "short_last_batch"])
+def test_eval_with_teacher_reports_every_loss_part_as_sample_means(tmp_path, num_images):
+    # batches of 8: with 9 images the last batch of 1 weighs 1/9, not 1/2
     student, teacher = tiny_vit(seed=1), sharpened(tiny_vit(seed=2), 30.0)
-    eval_dataset = PatternDataset(16)
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=make_args(tmp_path, eval_with_teacher=True, per_device_eval_batch_size=8),
-        eval_dataset=eval_dataset,
-    )
-    metrics = trainer.evaluate()
-    with torch.no_grad():
-        student_logits = student(pixel_values=eval_dataset.pixel_values).logits
-        teacher_logits = teacher(pixel_values=eval_dataset.pixel_values).logits
-    # two equal batches: the mean of batch means is the mean over the set
-    expected_kd = hand_kd_loss(student_logits, teacher_logits)
-    assert metrics["eval_kd_loss"] == pytest.approx(expected_kd, rel=1e-4)
-    assert metrics["eval_kd_loss/kd"] == pytest.approx(expected_kd, rel=1e-4)
-    assert metrics["eval_ce_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
-    assert metrics["eval_kd_warmup_factor"] == 1.0
-
-
-def test_eval_loss_parts_are_sample_means_with_a_short_last_batch(tmp_path):
-    # 9 images in batches of 8: the last batch of 1 weighs 1/9, not 1/2.
-    student, teacher = tiny_vit(seed=1), sharpened(tiny_vit(seed=2), 30.0)
-    eval_dataset = PatternDataset(9)
+    eval_dataset = PatternDataset(num_images)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -315,6 +295,8 @@ def test_eval_loss_parts_are_sample_means_with_a_short_last_batch(tmp_path):
     assert metrics["eval_ce_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-6)
     expected_kd = hand_kd_loss(student_logits, teacher_logits)
     assert metrics["eval_kd_loss"] == pytest.approx(expected_kd, rel=1e-5)
+    assert metrics["eval_kd_loss/kd"] == pytest.approx(expected_kd, rel=1e-5)
+    assert metrics["eval_kd_warmup_factor"] == 1.0
 
 
 def test_training_lowers_the_loss_and_keeps_the_teacher_frozen(tmp_path):

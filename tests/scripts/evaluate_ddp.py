@@ -9,34 +9,23 @@ set in one process, the values they must equal.
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for distill_helpers
 
+from ddp_script import parse_arguments, write_result
 from distill_helpers import PatternDataset, sharpened, tiny_vit
 
-from hf_kd.arguments import DistillationArguments
 from hf_kd.losses import build_loss
 from hf_kd.trainer import DistillationTrainer
 
 
-@dataclass
-class ScriptArguments:
-    result_file: str = field(metadata={"help": "Each rank writes RESULT_FILE.rank<r>.json."})
-
-
 def main() -> None:
-    torch.set_num_threads(1)
-    script_args, args = HfArgumentParser(
-        (ScriptArguments, DistillationArguments)
-    ).parse_args_into_dataclasses()
+    script_args, args = parse_arguments()
     student, teacher = tiny_vit(seed=1), sharpened(tiny_vit(seed=2), 30.0)
     dataset = PatternDataset(9)
     trainer = DistillationTrainer(
@@ -63,8 +52,7 @@ def main() -> None:
         "prediction_max_error": float(abs(prediction.predictions - student_logits.numpy()).max()),
         "prediction_metrics": prediction.metrics,
     }
-    path = Path(f"{script_args.result_file}.rank{trainer.accelerator.process_index}.json")
-    path.write_text(json.dumps(result, indent=2))
+    write_result(script_args, trainer.accelerator.process_index, result)
 
 
 if __name__ == "__main__":
