@@ -34,6 +34,8 @@ from typing import Any
 
 import timm
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 from transformers import (
     CONFIG_MAPPING,
@@ -103,6 +105,8 @@ def load_classifier(
     Raises:
         ValueError: inconsistent labels, ``num_classes`` in ``model_kwargs``, unknown config
             attributes, or ``pretrained=True`` for a bare model type (it has no weights).
+        FileNotFoundError: ``name_or_path`` is neither an existing folder nor a valid Hub id
+            (nor a timm architecture or model type).
     """
     labels = _label_maps(num_labels, id2label, label2id)
     model_kwargs = dict(model_kwargs or {})
@@ -122,6 +126,7 @@ def load_classifier(
         return _create_timm_classifier(name_or_path, labels, pretrained, model_kwargs)
     if name_or_path in CONFIG_MAPPING:
         return _create_from_model_type(name_or_path, labels, pretrained, model_kwargs)
+    check_hub_model_id(name_or_path)
     return _load_checkpoint(name_or_path, labels, pretrained, model_kwargs, trust_remote_code)
 
 
@@ -133,6 +138,7 @@ def load_image_processor(
     ``None`` for timm architecture names and transformers model types (no checkpoint) and for
     a local directory holding neither ``preprocessor_config.json`` nor timm settings
     (``pretrained_cfg`` in ``config.json``); otherwise ``AutoImageProcessor.from_pretrained``.
+    A name that is neither an existing folder nor a valid Hub id is a ``FileNotFoundError``.
     Pass the result to :func:`preprocessing_for`: a pretrained transformers checkpoint's
     normalisation is recorded only in its processor.
     """
@@ -144,7 +150,23 @@ def load_image_processor(
     ):
         return None
     hub_id_or_path = name_or_path.removeprefix("hf-hub:")
+    if not os.path.isdir(hub_id_or_path):
+        check_hub_model_id(hub_id_or_path)
     return AutoImageProcessor.from_pretrained(hub_id_or_path, trust_remote_code=trust_remote_code)
+
+
+def check_hub_model_id(name: str) -> None:
+    """Raise ``FileNotFoundError`` unless ``name``, which is not a local folder, is a valid
+    Hub model id: a mistyped folder would otherwise end in the Hub client's repo-id error."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError as error:
+        found = "is a file, not a model folder" if os.path.exists(name) else "does not exist"
+        raise FileNotFoundError(
+            f"cannot load the model {name!r}: the local folder {os.path.abspath(name)} {found}, "
+            f"and {name!r} is not a valid Hub model id either ({error}). Pass an existing "
+            "folder, a Hub id (owner/name), a timm architecture or a transformers model type"
+        ) from None
 
 
 def is_timm_model(model: PreTrainedModel) -> bool:

@@ -179,6 +179,20 @@ def test_mid_training_pushes_upload_only_the_student_and_its_card(loopback_hub, 
     assert final["model.safetensors"].content == (output_dir / "model.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("model", ["teacher", "student"])
+def test_a_missing_model_folder_fails_before_training(
+    model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = load_example(monkeypatch)
+    missing = tmp_path / "no" / "such" / "folder"
+    argv = ["--output_dir", str(tmp_path / "run"), *TINY_BUDGET]
+    with pytest.raises(FileNotFoundError) as error:
+        example.main([*argv, f"--{model}_model_name_or_path", str(missing)])
+    assert f"the local folder {missing} does not exist" in str(error.value)
+    assert "not a valid Hub model id either" in str(error.value)
+    assert not (tmp_path / "run" / "teacher").exists()  # no teacher was trained first
+
+
 def test_help_documents_every_option(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,22 @@ def test_bad_arguments_are_clear_errors() -> None:
         )
     with pytest.raises(ValueError, match="unique"):
         load_classifier(TIMM_CNN, pretrained=False, id2label={0: "a", 1: "a"})
+
+
+@pytest.mark.parametrize("name", ["/no/such/folder", "no/such/deep/folder", "../missing"])
+@pytest.mark.parametrize("load", [load_classifier, load_image_processor])
+def test_a_missing_folder_is_named_before_any_hub_lookup(load, name: str) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        load(name)
+    message = str(error.value)
+    assert f"the local folder {os.path.abspath(name)} does not exist" in message
+    assert f"{name!r} is not a valid Hub model id either" in message
+
+
+def test_a_file_is_not_taken_for_a_model_folder(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is a file, not a model folder"):
+        load_classifier(str(tmp_path / "model.safetensors"))
 
 
 def test_label2id_alone_and_string_keys_are_accepted() -> None:
