@@ -46,8 +46,8 @@ class DistillationArguments(TrainingArguments):
     :class:`hf_kd.objective.DistillationObjective`).
 
     Parent defaults that change (see their help): ``remove_unused_columns=False``,
-    ``logging_nan_inf_filter=False``, ``dataloader_pin_memory`` on only when an accelerator
-    is available.
+    ``logging_nan_inf_filter=False``, ``ddp_find_unused_parameters=False``,
+    ``dataloader_pin_memory`` on only when an accelerator is available.
     """
 
     remove_unused_columns: bool = field(
@@ -77,6 +77,17 @@ class DistillationArguments(TrainingArguments):
             "changes the Trainer default from True to 'on only when an accelerator (CUDA, XPU, "
             "MPS, ...) is available': without one pinning does nothing and torch warns at every "
             "data loader. --use_cpu turns it off too."
+        },
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DistributedDataParallel's find_unused_parameters. hf-kd changes the Trainer "
+            "default from None (which means True unless gradient checkpointing is on) to False: "
+            "every parameter of a classifier's forward gets a gradient (the teacher is not part "
+            "of the DDP module), and True costs a traversal of the autograd graph at every step "
+            "and a warning on every rank. Set it True for a student with parameters its forward "
+            "does not use (DDP then stops with an error naming find_unused_parameters)."
         },
     )
     distillation_method: str = field(

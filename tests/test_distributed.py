@@ -84,6 +84,7 @@ def test_two_process_data_parallel_run(tmp_path):
         command, env=environment, capture_output=True, text=True, timeout=300, check=False
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    assert "find_unused_parameters=True" not in completed.stderr
 
     results = [json.loads(Path(f"{result_file}.rank{rank}.json").read_text()) for rank in range(2)]
     for rank, result in enumerate(results):
@@ -91,6 +92,8 @@ def test_two_process_data_parallel_run(tmp_path):
         assert result["world_size"] == 2
         assert result["distributed_type"] == "DistributedType.MULTI_CPU"
         assert result["student_wrapper"] == "DistributedDataParallel"
+        # every student parameter gets a gradient: no per-step search for unused ones
+        assert result["find_unused_parameters"] is False
         assert result["teacher_wrapper"] == "ViTForImageClassification"  # never DDP
         assert result["teacher_requires_grad"] is False
         assert result["ranks_have_equal_weights"] is True

@@ -41,3 +41,17 @@ def test_pin_memory_follows_the_accelerator_and_stays_settable(tmp_path):
         output_dir=str(tmp_path), report_to=[], dataloader_pin_memory=True
     )
     assert forced.dataloader_pin_memory is True
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(None, False), (True, True)])
+def test_ddp_searches_for_unused_parameters_only_when_asked(tmp_path, flag, expected):
+    """The kwargs Accelerate gives DistributedDataParallel (tests/test_distributed.py checks
+    the wrapped module of a real 2-process run)."""
+    overrides = {} if flag is None else {"ddp_find_unused_parameters": flag}
+    trainer = DistillationTrainer(
+        model=tiny_vit(seed=1),
+        teacher_model=tiny_vit(seed=2),
+        args=make_args(tmp_path, **overrides),
+        train_dataset=PatternDataset(8),
+    )
+    assert trainer.accelerator.ddp_handler.find_unused_parameters is expected
