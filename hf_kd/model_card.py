@@ -61,12 +61,14 @@ class ModelSummary:
     """A model as a card names it: Hub id, path or architecture, size and library.
 
     ``parameters`` and ``library`` are ``None`` when unknown (a teacher seen only through
-    its cached logits).
+    its cached logits). ``initialisation`` is the checkpoint (Hub id or folder) whose weights
+    the model started from; ``None`` when it was randomly initialised (trained from scratch).
     """
 
     name: str
     parameters: int | None
     library: Literal["timm", "transformers"] | None
+    initialisation: str | None = None
 
     @classmethod
     def of(cls, model: nn.Module, name: str | None = None) -> ModelSummary:
@@ -130,6 +132,46 @@ class TrainingSetup:
         )
 
 
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+@dataclass
+class HubMetadata:
+    """What a caller of ``Trainer.create_model_card`` adds to the card's metadata.
+
+    The arguments of that name in transformers' Trainer (each a string or a list):
+    ``language``, extra ``tags``, ``tasks`` (the model-index task), ``dataset_tags`` (the
+    training datasets' Hub ids) and ``dataset_args`` (their config, in the model-index).
+    """
+
+    language: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    dataset_tags: list[str] = field(default_factory=list)
+    dataset_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        language: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> HubMetadata:
+        """From the Trainer's arguments, each a string, a list or ``None``."""
+        return cls(
+            _as_list(language),
+            _as_list(tags),
+            _as_list(tasks),
+            _as_list(dataset_tags),
+            _as_list(dataset_args),
+        )
+
+
 def latest_eval_accuracies(
     log_history: list[dict[str, Any]],
 ) -> tuple[float | None, float | None]:
@@ -177,6 +219,7 @@ class StudentCard:
     license: str = "apache-2.0"
     repo_id: str | None = None
     training_curves: str | None = None
+    hub_metadata: HubMetadata = field(default_factory=HubMetadata)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -189,6 +232,7 @@ class StudentCard:
         data["student"] = ModelSummary(**data["student"])
         data["teacher"] = ModelSummary(**data["teacher"])
         data["training"] = TrainingSetup(**data["training"])
+        data["hub_metadata"] = HubMetadata(**data.get("hub_metadata", {}))
         data["speed"] = InferenceSpeed(**data["speed"]) if data.get("speed") else None
         data["transfer_results"] = [
             TransferResult.from_dict(result) for result in data.get("transfer_results", [])
@@ -229,15 +273,22 @@ def transfer_eval_result(result: TransferResult) -> EvalResult:
 
 
 def card_metadata(card: StudentCard) -> ModelCardData:
-    """The YAML metadata: library, task, tags, datasets, base model, license, model-index."""
+    """The YAML metadata: library, task, tags, language, datasets, base model, license and the
+    model-index (``hub_metadata`` given to ``create_model_card`` added or taking precedence)."""
+    hub = card.hub_metadata
     eval_results = []
     if card.eval_accuracy is not None:
         eval_results.append(
             EvalResult(
-                task_type=TASK,
+                task_type=hub.tasks[0] if hub.tasks else TASK,
                 task_name="Image Classification",
-                dataset_type=_dataset_type(card.training.dataset),
+                dataset_type=(
+                    hub.dataset_tags[0]
+                    if hub.dataset_tags
+                    else _dataset_type(card.training.dataset)
+                ),
                 dataset_name=card.training.dataset,
+                dataset_args=hub.dataset_args[0] if hub.dataset_args else None,
                 dataset_split=card.eval_split,
                 metric_type="accuracy",
                 metric_value=round(card.eval_accuracy, 4),
@@ -250,13 +301,24 @@ def card_metadata(card: StudentCard) -> ModelCardData:
         tags.append("logit-standardization")
     if card.student.library == "timm":
         tags += ["timm", "transformers"]
+    tags += [tag for tag in hub.tags if tag not in tags]
+    datasets = hub.dataset_tags or (
+        [card.training.dataset] if is_hub_id(card.training.dataset) else None
+    )
     return ModelCardData(
         model_name=card.model_name,
+        language=hub.language or None,
         library_name=card.student.library,
         pipeline_tag=TASK,
         tags=tags,
-        datasets=[card.training.dataset] if is_hub_id(card.training.dataset) else None,
-        base_model=card.teacher.name if is_hub_id(card.teacher.name) else None,
+        datasets=datasets,
+        base_model=(
+            card.student.initialisation
+            if card.student.initialisation and is_hub_id(card.student.initialisation)
+            else card.teacher.name
+            if is_hub_id(card.teacher.name)
+            else None
+        ),
         license=card.license,
         metrics=["accuracy"],
         eval_results=eval_results or None,

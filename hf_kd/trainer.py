@@ -50,6 +50,7 @@ integrations show the training keys under ``train/`` and the evaluation ones und
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -74,6 +75,7 @@ from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
 from hf_kd.metrics import compute_accuracy_metrics, top_k_class_indices
 from hf_kd.model_card import (
+    HubMetadata,
     ModelSummary,
     StudentCard,
     TrainingSetup,
@@ -488,13 +490,16 @@ class DistillationTrainer(Trainer):
         model_name: str | None = None,
         dataset: str | None = None,
         license: str | None = None,
+        finetuned_from: str | None = None,
+        hub_metadata: HubMetadata | None = None,
     ) -> StudentCard:
         """The model card's content for the student as it is now.
 
         Teacher and student names and sizes, the measured speed-up
         (:meth:`inference_speed`), the objective and every loss hyperparameter, the training
         setup read from ``args``, the latest evaluation's accuracy from the log history,
-        and ``args.hub_model_id`` as the repo its usage snippets load.
+        and ``args.hub_model_id`` as the repo its usage snippets load. ``finetuned_from``
+        names the student's initialisation; ``hub_metadata`` adds to the card's metadata.
         """
         accuracy, top5_accuracy = latest_eval_accuracies(self.state.log_history)
         loss_hyperparameters = {
@@ -504,9 +509,12 @@ class DistillationTrainer(Trainer):
         }
         objective = self.objective
         repo_id = self.hub_model_id or self.args.hub_model_id
+        student = self.student_summary
+        if finetuned_from is not None:
+            student = dataclasses.replace(student, initialisation=finetuned_from)
         return StudentCard(
             model_name=model_name or _card_model_name(repo_id, self.args.output_dir),
-            student=self.student_summary,
+            student=student,
             teacher=self.teacher_summary,
             method=objective.method,
             training=TrainingSetup.from_training_args(
@@ -525,28 +533,48 @@ class DistillationTrainer(Trainer):
             speed=self.inference_speed(),
             license=license or DEFAULT_LICENSE,
             repo_id=repo_id,
+            hub_metadata=hub_metadata or HubMetadata(),
         )
 
     def create_model_card(
         self,
+        language: str | None = None,
         license: str | None = None,
+        tags: str | list[str] | None = None,
         model_name: str | None = None,
-        dataset: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
         *,
         output_dir: str | None = None,
     ) -> StudentCard | None:
         """Write the student's model card to ``output_dir`` (default ``args.output_dir``).
 
-        Replaces the Trainer's draft card, which lists no results: see
-        :meth:`student_card` and :func:`hf_kd.model_card.write_model_card`. ``license``
-        (default ``apache-2.0``), ``model_name`` (default: the Hub repo's name, else the
-        output folder's) and ``dataset`` (default ``dataset_name``) override the card's.
-        Runs on the processes that save (``args.should_save``); returns the card written,
-        ``None`` elsewhere.
+        The Trainer's signature, in its order; replaces the Trainer's draft card, which
+        lists no results: see :meth:`student_card` and
+        :func:`hf_kd.model_card.write_model_card`. ``license`` (default ``apache-2.0``),
+        ``model_name`` (default: the Hub repo's name, else the output folder's), ``dataset``
+        (the dataset's display name, default ``dataset_name``; a list is joined) and
+        ``finetuned_from`` (the student's initialisation, the card's ``base_model``)
+        override the card's; ``language``, ``tags`` (with the student's ``model_tags``),
+        ``tasks``, ``dataset_tags`` and ``dataset_args`` join its metadata
+        (:class:`hf_kd.model_card.HubMetadata`). Runs on the processes that save
+        (``args.should_save``); returns the card written, ``None`` elsewhere.
         """
         if not self.args.should_save:
             return None
-        card = self.student_card(model_name=model_name, dataset=dataset, license=license)
+        hub_metadata = HubMetadata.of(language, tags, tasks, dataset_tags, dataset_args)
+        model_tags = getattr(self.accelerator.unwrap_model(self.model), "model_tags", None) or []
+        hub_metadata.tags += [tag for tag in model_tags if tag not in hub_metadata.tags]
+        card = self.student_card(
+            model_name=model_name,
+            dataset=", ".join(dataset) if isinstance(dataset, list) else dataset,
+            license=license,
+            finetuned_from=finetuned_from,
+            hub_metadata=hub_metadata,
+        )
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         return write_model_card(card, output_dir, log_history=self.state.log_history)
 
@@ -557,7 +585,7 @@ class DistillationTrainer(Trainer):
         token: str | None = None,
         revision: str | None = None,
         private: bool | None = None,
-        **card_kwargs: Any,
+        **kwargs: Any,
     ) -> CommitInfo | Future[CommitInfo] | None:
         """Publish the student to ``args.hub_model_id``: save it, write its card, upload.
 
@@ -566,7 +594,9 @@ class DistillationTrainer(Trainer):
         image processor, ``README.md``, ``student_card.json``, ``training_curves.png`` and
         the ``*_results.json`` files), not the whole folder as the Trainer would (its
         checkpoints, ``training_args.bin`` and anything else written there stay local).
-        ``card_kwargs`` go to :meth:`create_model_card`. Returns the commit (a ``Future``
+        ``kwargs`` go to :meth:`create_model_card` (the Trainer's: ``language``,
+        ``license``, ``tags``, ``model_name``, ``finetuned_from``, ``tasks``,
+        ``dataset_tags``, ``dataset``, ``dataset_args``). Returns the commit (a ``Future``
         of it when ``blocking=False``) on the main process, ``None`` on the others.
         """
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
@@ -576,7 +606,7 @@ class DistillationTrainer(Trainer):
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        self.create_model_card(**card_kwargs)
+        self.create_model_card(**kwargs)
         self._finish_current_push()
         return push_student_to_hub(
             self.args.output_dir,
