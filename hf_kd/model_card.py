@@ -61,14 +61,20 @@ class ModelSummary:
     """A model as a card names it: Hub id, path or architecture, size and library.
 
     ``parameters`` and ``library`` are ``None`` when unknown (a teacher seen only through
-    its cached logits). ``initialisation`` is the checkpoint (Hub id or folder) whose weights
-    the model started from; ``None`` when it was randomly initialised (trained from scratch).
+    its cached logits). ``architecture`` is the timm architecture or transformers model
+    type, ``model_args`` the arguments it was built with that differ from that
+    architecture's defaults (timm ``create_model`` kwargs, or config attributes), which
+    ``name`` states too (``vit_tiny_patch16_224 with img_size=32, depth=4``).
+    ``initialisation`` is the checkpoint (Hub id or folder) whose weights the model started
+    from; ``None`` when it was randomly initialised (trained from scratch).
     """
 
     name: str
     parameters: int | None
     library: Literal["timm", "transformers"] | None
     initialisation: str | None = None
+    architecture: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: nn.Module, name: str | None = None) -> ModelSummary:
@@ -77,7 +83,14 @@ class ModelSummary:
             library = "timm"
         else:
             library = "transformers" if isinstance(model, PreTrainedModel) else None
-        return cls(name or model_name_of(model), count_parameters(model), library)
+        architecture, model_args = architecture_of(model)
+        return cls(
+            name=described_name(name or model_name_of(model), architecture, model_args),
+            parameters=count_parameters(model),
+            library=library,
+            architecture=architecture,
+            model_args=model_args,
+        )
 
 
 def model_name_of(model: nn.Module) -> str:
@@ -93,9 +106,61 @@ def model_name_of(model: nn.Module) -> str:
     return config.model_type or type(model).__name__
 
 
+# Config entries that are not the architecture: labels, bookkeeping, dtype.
+NOT_ARCHITECTURE_CONFIG_KEYS = frozenset(
+    {
+        "architectures",
+        "dtype",
+        "id2label",
+        "label2id",
+        "model_type",
+        "problem_type",
+        "torch_dtype",
+        "transformers_version",
+    }
+)
+
+
+def architecture_of(model: nn.Module) -> tuple[str | None, dict[str, Any]]:
+    """``(architecture, model_args)``: a timm model's architecture and ``create_model``
+    kwargs; a transformers model's type and the config attributes that differ from that
+    type's defaults; ``(None, {})`` for anything else."""
+    config = getattr(model, "config", None)
+    if is_timm_model(model):
+        return config.architecture, dict(config.model_args or {})
+    if not isinstance(model, PreTrainedModel):
+        return None, {}
+    defaults = type(config)().to_dict()
+    changed = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in NOT_ARCHITECTURE_CONFIG_KEYS
+        and not key.startswith("_")
+        and key in defaults
+        and defaults[key] != value
+    }
+    return config.model_type, changed
+
+
+def described_name(name: str, architecture: str | None, model_args: dict[str, Any]) -> str:
+    """``name``, followed by how it was built when ``model_args`` change its architecture:
+    ``vit_tiny_patch16_224 with img_size=32``, ``folder (vit_tiny_patch16_224 with ...)``."""
+    if not model_args:
+        return name
+    built = ", ".join(f"{key}={value}" for key, value in model_args.items())
+    if name == architecture:
+        return f"{name} with {built}"
+    return f"{name} ({architecture} with {built})"
+
+
 @dataclass
 class TrainingSetup:
-    """How the student was trained: data, scale, precision, seed and optimiser settings."""
+    """How the student was trained: data, scale, precision, seed and optimiser settings.
+
+    ``epochs`` and ``steps`` are what was trained (the Trainer state's fractional epoch and
+    optimizer steps), not what was planned (``num_train_epochs`` or ``max_steps``, among the
+    ``hyperparameters``).
+    """
 
     dataset: str
     global_batch_size: int
@@ -104,13 +169,19 @@ class TrainingSetup:
     precision: str
     seed: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
 
     @classmethod
-    def from_training_args(cls, args: TrainingArguments, dataset: str) -> TrainingSetup:
-        """Read the setup off the ``TrainingArguments`` of the run (in the process that ran it).
+    def from_training_args(
+        cls, args: TrainingArguments, dataset: str, *, epochs: float, steps: int
+    ) -> TrainingSetup:
+        """Read the setup off the ``TrainingArguments`` of the run (in the process that ran it)
+        and the ``epochs`` and optimizer ``steps`` it trained.
 
         ``global_batch_size = per_device_train_batch_size * gradient_accumulation_steps *
         world_size``; precision is ``bf16``, ``fp16`` or ``fp32`` (autocast for the half ones).
+        The planned length is ``max_steps`` when set (it overrides the epochs), else
+        ``num_train_epochs``.
         """
         hyperparameters = {
             name: _plain(getattr(args, name))
@@ -119,16 +190,19 @@ class TrainingSetup:
         }
         if args.max_steps > 0:
             hyperparameters["max_steps"] = args.max_steps
+        else:
+            hyperparameters["num_train_epochs"] = float(args.num_train_epochs)
         return cls(
             dataset=dataset,
             global_batch_size=args.per_device_train_batch_size
             * args.gradient_accumulation_steps
             * args.world_size,
             world_size=args.world_size,
-            epochs=float(args.num_train_epochs),
+            epochs=round(float(epochs), 4),
             precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
             seed=args.seed,
             hyperparameters=hyperparameters,
+            steps=steps,
         )
 
 
@@ -312,11 +386,10 @@ def card_metadata(card: StudentCard) -> ModelCardData:
         pipeline_tag=TASK,
         tags=tags,
         datasets=datasets,
+        # the student's own initialisation; never the teacher (not a fine-tune of it)
         base_model=(
             card.student.initialisation
             if card.student.initialisation and is_hub_id(card.student.initialisation)
-            else card.teacher.name
-            if is_hub_id(card.teacher.name)
             else None
         ),
         license=card.license,
@@ -376,7 +449,8 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         ("dataset", training.dataset),
         ("global batch size", training.global_batch_size),
         ("world size (processes)", training.world_size),
-        ("epochs", training.epochs),
+        ("epochs trained", round(training.epochs, 2)),
+        ("optimizer steps", training.steps),
         ("precision", training.precision),
         ("seed", training.seed),
     ]

@@ -518,7 +518,10 @@ class DistillationTrainer(Trainer):
             teacher=self.teacher_summary,
             method=objective.method,
             training=TrainingSetup.from_training_args(
-                self.args, dataset or self.dataset_name or "an unnamed dataset"
+                self.args,
+                dataset or self.dataset_name or "an unnamed dataset",
+                epochs=self.state.epoch or 0.0,
+                steps=self.state.global_step,
             ),
             loss_hyperparameters=loss_hyperparameters,
             ce_weight=objective.ce_weight,

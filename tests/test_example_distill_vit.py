@@ -98,7 +98,7 @@ def test_default_story_pushed_to_the_hub_reloads_with_both_libraries(loopback_hu
     repo_id = f"{loopback_hub.user}/vit-digits-mcld"
     output_dir = tmp_path / "run"
     command = [sys.executable, str(EXAMPLE), "--output_dir", str(output_dir), *TINY_BUDGET]
-    command += ["--push_to_hub", "--hub_model_id", repo_id]
+    command += ["--push_to_hub", "--hub_model_id", repo_id, "--max_steps", "2"]
     run_in_fresh_process(loopback_hub, command, tmp_path / "home")
 
     files = loopback_hub.files(repo_id)
@@ -138,6 +138,16 @@ def test_default_story_pushed_to_the_hub_reloads_with_both_libraries(loopback_hu
     assert f'timm.create_model("hf-hub:{repo_id}", pretrained=True)' in card.text
     assert "![Training curves](training_curves.png)" in card.text
     stored = json.loads(files[CARD_DATA_FILE].content)
+    # the student as built, and what was trained: 2 steps of 32 of 96 images, not 1 epoch
+    student_args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    assert stored["student"]["name"] == (
+        "vit_tiny_patch16_224 with img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2"
+    )
+    assert stored["student"]["architecture"] == "vit_tiny_patch16_224"
+    assert stored["student"]["model_args"] == student_args
+    assert (stored["training"]["epochs"], stored["training"]["steps"]) == (0.6667, 2)
+    assert f"`{stored['student']['name']}` (" in card.text
+    assert "| epochs trained | `0.67` |" in card.text
     assert stored["student"]["parameters"] == count_parameters(local)
     assert stored["teacher"]["name"] == "resnet10t"
     assert stored["teacher_eval_accuracy"] == pytest.approx(results["teacher_eval_accuracy"])

@@ -21,6 +21,7 @@ from hf_kd.model_card import (
     write_card_with_transfer_result,
     write_model_card,
 )
+from hf_kd.models import count_parameters, load_classifier
 from hf_kd.plots import training_curves
 from hf_kd.speed import InferenceSpeed, measure_inference_speed
 from hf_kd.transfer import LinearProbeConfig, TransferResult
@@ -79,7 +80,7 @@ def test_metadata_and_model_index_parse_with_huggingface_hub():
     assert parsed.pipeline_tag == "image-classification"
     assert {"knowledge-distillation", "dkd", "timm", "transformers"} <= set(parsed.tags)
     assert parsed.datasets == ["uoft-cs/cifar100"]
-    assert parsed.base_model == "timm/resnet50.a1_in1k"
+    assert parsed.base_model is None  # the student was trained from scratch: not the teacher
     assert parsed.license == "apache-2.0"
     student, transfer = parsed.eval_results
     assert (student.task_type, student.metric_type, student.metric_value) == (
@@ -122,7 +123,7 @@ def test_body_states_sizes_speedup_method_and_setup():
     for row in (
         "| global batch size | `128` |",
         "| world size (processes) | `2` |",
-        "| epochs | `240.0` |",
+        "| epochs trained | `240.0` |",
         "| precision | `bf16` |",
         "| seed | `1234` |",
         "| `learning_rate` | `0.05` |",
@@ -268,14 +269,68 @@ def test_training_setup_from_training_arguments(tmp_path):
         learning_rate=1e-3,
         report_to="none",
     )
-    setup = TrainingSetup.from_training_args(args, "uoft-cs/cifar100")
-    assert (setup.global_batch_size, setup.world_size, setup.epochs) == (24, 1, 2.0)
+    setup = TrainingSetup.from_training_args(args, "uoft-cs/cifar100", epochs=1.5, steps=30)
+    # what was trained, not what was planned (num_train_epochs, among the hyperparameters)
+    assert (setup.global_batch_size, setup.world_size, setup.epochs, setup.steps) == (
+        24,
+        1,
+        1.5,
+        30,
+    )
+    assert setup.hyperparameters["num_train_epochs"] == 2.0
+    assert "max_steps" not in setup.hyperparameters
     assert (setup.precision, setup.seed, setup.dataset) == ("bf16", 5, "uoft-cs/cifar100")
     assert setup.hyperparameters["learning_rate"] == 1e-3
     assert setup.hyperparameters["gradient_accumulation_steps"] == 3
     assert isinstance(setup.hyperparameters["optim"], str)
     assert isinstance(setup.hyperparameters["lr_scheduler_type"], str)
     json.dumps(dataclasses.asdict(setup))  # the card data must be JSON
+    capped = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, num_train_epochs=20, report_to="none"
+    )
+    setup = TrainingSetup.from_training_args(capped, "digits", epochs=6 / 11, steps=6)
+    assert (setup.epochs, setup.steps, setup.hyperparameters["max_steps"]) == (0.5455, 6, 6)
+    assert "num_train_epochs" not in setup.hyperparameters
+    assert "| epochs trained | `0.55` |" in render_model_card(make_card(training=setup))
+    assert "| optimizer steps | `6` |" in render_model_card(make_card(training=setup))
+
+
+def test_a_student_built_with_changed_arguments_is_described_as_built():
+    timm_student = load_classifier(
+        "vit_tiny_patch16_224",
+        num_labels=10,
+        pretrained=False,
+        model_kwargs={"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4},
+    )
+    summary = ModelSummary.of(timm_student, "vit_tiny_patch16_224")
+    assert summary.name == (
+        "vit_tiny_patch16_224 with img_size=32, patch_size=8, embed_dim=96, depth=4"
+    )
+    assert (summary.architecture, summary.library) == ("vit_tiny_patch16_224", "timm")
+    assert summary.model_args == {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4}
+    assert summary.parameters == count_parameters(timm_student)
+    text = render_model_card(make_card(student=summary))
+    assert f"`{summary.name}` ({summary.parameters / 1e6:.2f}M parameters)" in text
+    # a name that is not the architecture keeps it, with the architecture as built
+    named = ModelSummary.of(timm_student, "outputs/student")
+    assert (
+        named.name
+        == f"outputs/student (vit_tiny_patch16_224 with {summary.name.split(' with ')[1]})"
+    )
+    assert ModelSummary.of(load_classifier("resnet10t", num_labels=3, pretrained=False)).name == (
+        "resnet10t"
+    )
+
+    hf_student = load_classifier(
+        "vit",
+        num_labels=3,
+        pretrained=False,
+        model_kwargs={"hidden_size": 48, "num_hidden_layers": 2},
+    )
+    summary = ModelSummary.of(hf_student)
+    assert (summary.architecture, summary.library) == ("vit", "transformers")
+    assert summary.model_args == {"hidden_size": 48, "num_hidden_layers": 2}
+    assert summary.name == "vit with hidden_size=48, num_hidden_layers=2"
 
 
 class TinyClassifier(torch.nn.Module):

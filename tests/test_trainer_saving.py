@@ -81,7 +81,8 @@ def test_save_model_leaves_a_complete_student_folder(tmp_path, make_student):
     readme = (output_dir / "README.md").read_text()
     assert metadata_errors(readme) == []
     metadata = ModelCard(readme).data
-    assert metadata.base_model == "someone/teacher-vit"
+    assert metadata.base_model is None  # trained from scratch; the teacher is no base model
+    assert "distilled from the teacher\n`someone/teacher-vit (vit with hidden_size=32" in readme
     assert metadata.datasets == ["someone/patterns"]
     assert metadata.library_name == ("timm" if is_timm else "transformers")
     [result] = metadata.eval_results
@@ -104,7 +105,19 @@ def test_save_model_leaves_a_complete_student_folder(tmp_path, make_student):
         "fp32",
         0,
     )
+    # what was trained: 2 steps of 8 of 16 images (the planned num_train_epochs is 3)
+    assert (setup.epochs, setup.steps) == (trainer.state.epoch, 2) == (1.0, 2)
     assert setup.hyperparameters["max_steps"] == 2
+    assert "num_train_epochs" not in setup.hyperparameters
+    assert setup.hyperparameters["per_device_train_batch_size"] == 8
+    assert (setup.dataset, card.eval_split) == ("someone/patterns", "test")
+    assert "| epochs trained | `1.0` |" in readme
+    architecture, model_args = (
+        ("test_efficientnet_gn", {}) if is_timm else ("vit", {"hidden_size": 32})
+    )
+    assert card.student.architecture == architecture
+    assert model_args.items() <= card.student.model_args.items()
+    assert card.student.name.startswith(architecture)
     assert card.speed is not None and card.speed.batch_size == 8  # the evaluation batch
     assert card.speed.teacher_latency_ms > 0 and card.speed.student_latency_ms > 0
     assert card.model_name == "student" and card.repo_id is None
