@@ -18,6 +18,7 @@ import logging
 import re
 import shutil
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,8 @@ DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "student_card
 CARD_DATA_FILE = "student_card.json"
 TRAINING_CURVES_FILE = "training_curves.png"
 TASK = "image-classification"
+# the libraries a card lists with their versions, as the Trainer's own cards do
+FRAMEWORKS = ("hf-kd", "torch", "transformers", "timm", "datasets", "accelerate")
 
 # TrainingArguments fields a card lists as training hyperparameters (when set)
 TRAINING_HYPERPARAMETERS = (
@@ -84,10 +87,13 @@ class ModelSummary:
         else:
             library = "transformers" if isinstance(model, PreTrainedModel) else None
         architecture, model_args = architecture_of(model)
+        config = getattr(model, "config", None)
         return cls(
             name=described_name(name or model_name_of(model), architecture, model_args),
             parameters=count_parameters(model),
             library=library,
+            # from_pretrained (and hf_kd.models.load_classifier) record where weights came from
+            initialisation=getattr(config, "name_or_path", None) or None,
             architecture=architecture,
             model_args=model_args,
         )
@@ -170,10 +176,17 @@ class TrainingSetup:
     seed: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_training_args(
-        cls, args: TrainingArguments, dataset: str, *, epochs: float, steps: int
+        cls,
+        args: TrainingArguments,
+        dataset: str,
+        *,
+        epochs: float,
+        steps: int,
+        split_sizes: dict[str, int] | None = None,
     ) -> TrainingSetup:
         """Read the setup off the ``TrainingArguments`` of the run (in the process that ran it)
         and the ``epochs`` and optimizer ``steps`` it trained.
@@ -181,7 +194,8 @@ class TrainingSetup:
         ``global_batch_size = per_device_train_batch_size * gradient_accumulation_steps *
         world_size``; precision is ``bf16``, ``fp16`` or ``fp32`` (autocast for the half ones).
         The planned length is ``max_steps`` when set (it overrides the epochs), else
-        ``num_train_epochs``.
+        ``num_train_epochs``. ``split_sizes``: images per split (``train``, ``validation``,
+        ``test``).
         """
         hyperparameters = {
             name: _plain(getattr(args, name))
@@ -203,7 +217,19 @@ class TrainingSetup:
             seed=args.seed,
             hyperparameters=hyperparameters,
             steps=steps,
+            split_sizes=dict(split_sizes or {}),
         )
+
+
+def framework_versions() -> dict[str, str]:
+    """The installed version of each of :data:`FRAMEWORKS` (``"not installed"`` if absent)."""
+    versions = {}
+    for name in FRAMEWORKS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
@@ -270,7 +296,9 @@ class StudentCard:
     objective's ``total = ce_weight * CE + kd_weight * w(epoch) * loss``;
     ``loss_hyperparameters`` are the distillation loss's own (``build_loss(method,
     **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
-    measured on ``eval_split`` of ``training.dataset``.
+    measured on ``eval_split`` of ``training.dataset``. The usage snippets load ``repo_id``
+    when the student is on the Hub, else ``local_dir``, the folder the card was written to.
+    ``framework_versions`` are those of the training run.
     """
 
     model_name: str
@@ -294,6 +322,8 @@ class StudentCard:
     repo_id: str | None = None
     training_curves: str | None = None
     hub_metadata: HubMetadata = field(default_factory=HubMetadata)
+    framework_versions: dict[str, str] = field(default_factory=dict)
+    local_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -445,18 +475,23 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "logit_standardization": card.logit_standardization,
     }
     training = card.training
+    sizes = " / ".join(f"{split} {size}" for split, size in training.split_sizes.items())
     setup = [
         ("dataset", training.dataset),
+        *([("images per split", sizes)] if sizes else []),
         ("global batch size", training.global_batch_size),
         ("world size (processes)", training.world_size),
         ("epochs trained", round(training.epochs, 2)),
-        ("optimizer steps", training.steps),
+        *([("optimizer steps", training.steps)] if training.steps is not None else []),
         ("precision", training.precision),
         ("seed", training.seed),
     ]
     return {
         "model_name": card.model_name,
-        "repo_id": card.repo_id or card.model_name,
+        "model_reference": card.repo_id or card.local_dir or card.model_name,
+        "timm_reference": (
+            f"hf-hub:{card.repo_id}" if card.repo_id else f"local-dir:{card.local_dir}"
+        ),
         "dataset": training.dataset,
         "student": card.student,
         "teacher": card.teacher,
@@ -482,8 +517,18 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "transfer_results": card.transfer_results,
         "training_curves": card.training_curves,
         "is_timm": card.student.library == "timm",
+        "framework_versions": card.framework_versions,
+        "eval_splits": _eval_splits(card),
         "citations": citations_for(card.method, logit_standardization=card.logit_standardization),
     }
+
+
+def _eval_splits(card: StudentCard) -> str:
+    """Which split the plotted evaluations used: validation during training, then
+    ``eval_split`` for the evaluations after it."""
+    if card.eval_split == "validation":
+        return "the validation split"
+    return f"the validation split during training, the {card.eval_split} split after it"
 
 
 def render_model_card(card: StudentCard, template_path: str | Path | None = None) -> str:
@@ -509,11 +554,15 @@ def write_model_card(
 ) -> StudentCard:
     """Write ``README.md``, ``student_card.json`` and (from ``log_history``) the curves PNG.
 
-    Returns the card as written (``training_curves`` set when the plot was drawn).
+    Returns the card as written (``local_dir`` set to ``output_dir``, ``training_curves``
+    when the plot was drawn).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if log_history and plot_training_curves(log_history, output_dir / TRAINING_CURVES_FILE):
+    card = dataclasses.replace(card, local_dir=str(output_dir))
+    if log_history and plot_training_curves(
+        log_history, output_dir / TRAINING_CURVES_FILE, final_eval_split=card.eval_split
+    ):
         card = dataclasses.replace(card, training_curves=TRAINING_CURVES_FILE)
     (output_dir / CARD_DATA_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     (output_dir / "README.md").write_text(render_model_card(card, template_path), encoding="utf-8")

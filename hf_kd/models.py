@@ -368,6 +368,11 @@ def _create_timm_classifier(
     _apply_label_maps(config, labels)
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(timm_model.state_dict())
+    if pretrained:
+        # where the weights came from, as from_pretrained records a checkpoint's name
+        config.name_or_path = timm_model.pretrained_cfg.get("hf_hub_id") or architecture
+    else:
+        _forget_pretrained_weights(model)
     config.pretrained_cfg = _timm_pretrained_cfg(model)
     return model
 
@@ -409,8 +414,8 @@ def _load_checkpoint(
         _warn_on_relabel(name_or_path, config, labels[0], head_changes)
         _apply_label_maps(config, labels)
     if not pretrained:
-        return AutoModelForImageClassification.from_config(
-            config, trust_remote_code=trust_remote_code
+        return _forget_pretrained_weights(
+            AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
         )
     return AutoModelForImageClassification.from_pretrained(
         name_or_path,
@@ -418,6 +423,39 @@ def _load_checkpoint(
         ignore_mismatched_sizes=head_changes,
         trust_remote_code=trust_remote_code,
     )
+
+
+# timm pretrained_cfg entries that describe a checkpoint's weights (its tag, Hub id, source,
+# license, paper), not the architecture or its preprocessing
+TIMM_WEIGHT_FIELDS = (
+    "hf_hub_id",
+    "hf_hub_filename",
+    "tag",
+    "url",
+    "file",
+    "state_dict",
+    "source",
+    "custom_load",
+    "license",
+    "origin_url",
+    "paper_ids",
+    "paper_name",
+    "notes",
+    "description",
+)
+
+
+def _forget_pretrained_weights(model: PreTrainedModel) -> PreTrainedModel:
+    """Mark a randomly initialised model as such: no ``name_or_path`` (the card's
+    initialisation) and, for timm, none of the ImageNet weight tags of its architecture's
+    default ``pretrained_cfg``, which its exports would otherwise claim."""
+    model.config.name_or_path = ""
+    if is_timm_model(model):
+        saved = getattr(model.config, "pretrained_cfg", None)
+        for pretrained_cfg in (model.timm_model.pretrained_cfg, saved):
+            for key in TIMM_WEIGHT_FIELDS:
+                (pretrained_cfg or {}).pop(key, None)
+    return model
 
 
 def _warn_on_relabel(

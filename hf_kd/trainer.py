@@ -79,6 +79,7 @@ from hf_kd.model_card import (
     ModelSummary,
     StudentCard,
     TrainingSetup,
+    framework_versions,
     latest_eval_accuracies,
     write_model_card,
 )
@@ -153,14 +154,19 @@ class DistillationTrainer(Trainer):
             override it. When it differs from the student's, the student's batch is resized
             and re-normalised on the device (unless the batch has ``teacher_pixel_values``).
         compute_metrics: defaults to top-1 ``accuracy`` and ``top5_accuracy`` (numpy).
-        teacher_name, student_name: how the model card names the models (a Hub id is best:
-            the teacher's becomes the card's ``base_model``). Default: the Hub id or folder
-            each was loaded from, else the timm architecture or model type.
+        teacher_name, student_name: how the model card names the models, followed by the
+            arguments each was built with when they change its architecture. Default: the
+            Hub id or folder each was loaded from, else the timm architecture or model type.
+            The card's ``base_model`` is the student's initialisation (the checkpoint it was
+            loaded from), never the teacher.
         dataset_name: the training dataset as the card names it (a Hub id joins the card's
             ``datasets``).
         eval_split_name: the split of the latest evaluation, whose accuracy the card reports
             (``"validation"``; ``"test"`` when you evaluate on the test split last).
         teacher_eval_accuracy: the teacher's top-1 accuracy on that split, for the card.
+        split_sizes: images per split for the card (``{"train": ..., "validation": ...,
+            "test": ...}``). Default: ``train`` and ``validation`` from the lengths of
+            ``train_dataset`` and ``eval_dataset`` when they have one.
 
     Batches are dicts with ``pixel_values`` ``[B, 3, H, W]`` and ``labels`` ``[B]`` int64,
     optionally ``teacher_pixel_values`` and ``teacher_logits``. Evaluation reports the
@@ -191,6 +197,7 @@ class DistillationTrainer(Trainer):
         dataset_name: str | None = None,
         eval_split_name: str = "validation",
         teacher_eval_accuracy: float | None = None,
+        split_sizes: Mapping[str, int] | None = None,
         **kwargs: Any,
     ):
         if not isinstance(args, DistillationArguments):
@@ -233,6 +240,11 @@ class DistillationTrainer(Trainer):
         self.dataset_name = dataset_name
         self.eval_split_name = eval_split_name
         self.teacher_eval_accuracy = teacher_eval_accuracy
+        self.split_sizes = (
+            dict(split_sizes)
+            if split_sizes is not None
+            else _dataset_sizes(train=train_dataset, validation=eval_dataset)
+        )
         self.student_preprocessing = student_preprocessing
         self._inference_speed: InferenceSpeed | None = None
         self._hub_client: HfApi | None = None
@@ -522,6 +534,7 @@ class DistillationTrainer(Trainer):
                 dataset or self.dataset_name or "an unnamed dataset",
                 epochs=self.state.epoch or 0.0,
                 steps=self.state.global_step,
+                split_sizes=self.split_sizes,
             ),
             loss_hyperparameters=loss_hyperparameters,
             ce_weight=objective.ce_weight,
@@ -537,6 +550,7 @@ class DistillationTrainer(Trainer):
             license=license or DEFAULT_LICENSE,
             repo_id=repo_id,
             hub_metadata=hub_metadata or HubMetadata(),
+            framework_versions=framework_versions(),
         )
 
     def create_model_card(
@@ -779,6 +793,15 @@ def raise_if_not_finite(means: dict[str, float], step: int) -> None:
             f"non-finite training loss parts {not_finite} before step {step}: check the loss "
             "hyperparameters (--loss_kwargs) and the learning rate"
         )
+
+
+def _dataset_sizes(**datasets: Any) -> dict[str, int]:
+    """The length of each dataset that has one (not streams, not several named ones)."""
+    return {
+        split: len(dataset)
+        for split, dataset in datasets.items()
+        if hasattr(dataset, "__len__") and not isinstance(dataset, Mapping)
+    }
 
 
 def _card_model_name(repo_id: str | None, output_dir: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import timm
 import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
@@ -80,6 +81,24 @@ def test_default_story_trains_teacher_distils_saves_and_reuses_teacher(
         torch.testing.assert_close(
             student(pixel_values=pixels).logits, plain(pixel_values=pixels).logits
         )
+
+    # The teacher folder loads the way a card says (timm local-dir), claiming no ImageNet
+    # weights: it was trained from scratch here, as was the student, which the card says.
+    teacher = timm.create_model(f"local-dir:{teacher_dir}", pretrained=True).eval()
+    reference = load_classifier(str(teacher_dir)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(pixels), reference(pixel_values=pixels).logits)
+    for folder in (teacher_dir, output_dir):
+        pretrained_cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+        assert not {"tag", "hf_hub_id", "license"} & set(pretrained_cfg), folder
+    card = json.loads((output_dir / CARD_DATA_FILE).read_text())
+    assert card["student"]["initialisation"] is None
+    assert card["teacher"]["name"] == "resnet10t"
+    assert card["training"]["split_sizes"] == {"train": 96, "validation": 64, "test": 64}
+    readme = (output_dir / "README.md").read_text()
+    assert "the student was trained from scratch" in readme
+    assert ModelCard(readme).data.base_model is None
+    assert f'timm.create_model("local-dir:{output_dir}", pretrained=True)' in readme
 
     # A second run reuses the teacher instead of training a new one.
     teacher_weights = teacher_dir / "model.safetensors"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import metadata
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from hf_kd.model_card import (
     StudentCard,
     TrainingSetup,
     card_metadata,
+    framework_versions,
     render_model_card,
     write_card_with_transfer_result,
     write_model_card,
@@ -199,12 +201,25 @@ def test_training_curves_split_losses_from_accuracies():
         "loss": [(10, 2.0), (30, 1.0)],
         "ce_loss": [(10, 1.5), (30, 0.75)],
         "kd_loss": [(10, 0.5), (30, 0.25)],
-        "eval_loss": [(20, 1.4), (40, 1.2)],
+        "eval_loss (validation)": [(20, 1.4), (40, 1.2)],
     }
     assert accuracies == {
-        "eval_accuracy": [(20, 0.5), (40, 0.625)],
-        "eval_top5_accuracy": [(20, 0.8), (40, 0.875)],
+        "eval_accuracy (validation)": [(20, 0.5), (40, 0.625)],
+        "eval_top5_accuracy (validation)": [(20, 0.8), (40, 0.875)],
     }
+
+
+def test_training_curves_name_the_split_of_each_evaluation():
+    """The example evaluates the validation split during training, then the test split: the
+    test point is its own curve, not the validation curve's last point."""
+    test_evaluation = {"eval_loss": 1.3, "eval_accuracy": 0.6, "eval_runtime": 1.0, "step": 40}
+    losses, accuracies = training_curves([*LOG_HISTORY, test_evaluation], final_eval_split="test")
+    assert losses["eval_loss (validation)"] == [(20, 1.4), (40, 1.2)]
+    assert losses["eval_loss (test)"] == [(40, 1.3)]
+    assert accuracies["eval_accuracy (validation)"] == [(20, 0.5), (40, 0.625)]
+    assert accuracies["eval_accuracy (test)"] == [(40, 0.6)]
+    text = render_model_card(make_card(training_curves="training_curves.png"))
+    assert "the validation split during training, the test split after it" in text
 
 
 def test_write_model_card_writes_the_plot_and_card_data(tmp_path):
@@ -255,6 +270,47 @@ def test_transfer_result_joins_the_model_index_of_a_foreign_card(tmp_path):
     [result] = card.data.eval_results
     assert (result.dataset_type, result.metric_value) == ("tanganke/stl10", 0.5125)
     assert "# Someone's model" in card.text
+
+
+def test_provenance_base_model_is_the_students_initialisation_never_the_teacher():
+    from_scratch = render_model_card(make_card())
+    assert ModelCard(from_scratch).data.base_model is None
+    assert "the student was trained from scratch (random initialisation)" in from_scratch
+    assert "distilled from the teacher\n`timm/resnet50.a1_in1k`" in from_scratch
+    student = dataclasses.replace(
+        make_card().student, initialisation="timm/resnet18.a1_in1k", name="resnet18"
+    )
+    fine_tuned = render_model_card(make_card(student=student))
+    assert ModelCard(fine_tuned).data.base_model == "timm/resnet18.a1_in1k"
+    assert "starting from the weights of `timm/resnet18.a1_in1k`" in fine_tuned
+    local = dataclasses.replace(student, initialisation="/data/pretrained-resnet18")
+    assert ModelCard(render_model_card(make_card(student=local))).data.base_model is None
+
+
+def test_card_states_split_sizes_and_framework_versions(tmp_path):
+    training = dataclasses.replace(
+        make_card().training, split_sizes={"train": 1437, "validation": 144, "test": 216}
+    )
+    card = make_card(training=training, framework_versions=framework_versions())
+    text = render_model_card(card)
+    assert "| images per split | `train 1437 / validation 144 / test 216` |" in text
+    for name in ("hf-kd", "torch", "transformers", "timm", "datasets", "accelerate"):
+        assert f"- {name} {metadata.version(name)}\n" in text
+    written = write_model_card(card, tmp_path)
+    assert StudentCard.from_dict(json.loads((tmp_path / "student_card.json").read_text())) == (
+        written
+    )
+
+
+def test_usage_snippets_load_the_local_folder_until_pushed(tmp_path):
+    local = write_model_card(make_card(repo_id=None), tmp_path / "student")
+    text = (tmp_path / "student" / "README.md").read_text()
+    assert local.local_dir == str(tmp_path / "student")
+    assert f'timm.create_model("local-dir:{tmp_path / "student"}", pretrained=True)' in text
+    assert f'from_pretrained("{tmp_path / "student"}")' in text
+    assert "hf-hub:" not in text
+    pushed = render_model_card(dataclasses.replace(local, repo_id="someone/resnet8-dkd"))
+    assert 'timm.create_model("hf-hub:someone/resnet8-dkd", pretrained=True)' in pushed
 
 
 def test_training_setup_from_training_arguments(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,6 +119,17 @@ def test_save_model_leaves_a_complete_student_folder(tmp_path, make_student):
     assert card.student.architecture == architecture
     assert model_args.items() <= card.student.model_args.items()
     assert card.student.name.startswith(architecture)
+    assert card.training.split_sizes == {"train": 16, "validation": 8}
+    assert "the student was trained from scratch" in readme
+    assert card.framework_versions["hf-kd"] and card.framework_versions["torch"]
+    # the usage snippets load this very folder, the way they are written in the card
+    assert f'from_pretrained("{output_dir}")' in readme
+    if is_timm:
+        [timm_name] = re.findall(r'timm\.create_model\("([^"]+)", pretrained=True\)', readme)
+        assert timm_name == f"local-dir:{output_dir}"
+        with torch.no_grad():
+            snippet_model = timm.create_model(timm_name, pretrained=True).eval()
+            assert_same_logits(snippet_model(pixel_batch()), expected)
     assert card.speed is not None and card.speed.batch_size == 8  # the evaluation batch
     assert card.speed.teacher_latency_ms > 0 and card.speed.student_latency_ms > 0
     assert card.model_name == "student" and card.repo_id is None
