@@ -52,7 +52,7 @@ def test_push_with_run_image_classification_card_kwargs(loopback_hub, tmp_path):
         "shapes",
     )
     assert result.dataset_name == "someone/patterns"
-    assert "`someone/teacher-vit`" in card.text  # the teacher, named as the teacher
+    assert "distilled from the teacher\n`someone/teacher-vit (vit with" in card.text
     stored = json.loads(files["student_card.json"].content)
     assert stored["student"]["initialisation"] == "google/vit-base-patch16-224-in21k"
     assert stored["hub_metadata"]["dataset_args"] == ["shapes"]
