@@ -554,12 +554,12 @@ def write_model_card(
 ) -> StudentCard:
     """Write ``README.md``, ``student_card.json`` and (from ``log_history``) the curves PNG.
 
-    Returns the card as written (``local_dir`` set to ``output_dir``, ``training_curves``
-    when the plot was drawn).
+    Returns the card as written (``local_dir`` set to ``output_dir`` unless it names a Hub
+    repo, ``training_curves`` when the plot was drawn).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    card = dataclasses.replace(card, local_dir=str(output_dir))
+    card = dataclasses.replace(card, local_dir=None if card.repo_id else str(output_dir))
     if log_history and plot_training_curves(
         log_history, output_dir / TRAINING_CURVES_FILE, final_eval_split=card.eval_split
     ):
