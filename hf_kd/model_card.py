@@ -141,6 +141,17 @@ def latest_eval_accuracies(
     return None, None
 
 
+def latest_head_accuracies(
+    log_history: list[dict[str, Any]],
+) -> tuple[float | None, float | None]:
+    """``(eval_cls_accuracy, eval_distillation_accuracy)``, each head's top-1 of a
+    distillation-token student, from the latest evaluation that has them."""
+    for entry in reversed(log_history):
+        if "eval_cls_accuracy" in entry:
+            return entry["eval_cls_accuracy"], entry.get("eval_distillation_accuracy")
+    return None, None
+
+
 def _plain(value: object) -> object:
     """Enums (optimizer, scheduler names) as their string value, for JSON and the card."""
     return getattr(value, "value", value)
@@ -154,7 +165,10 @@ class StudentCard:
     objective's ``total = ce_weight * CE + kd_weight * w(epoch) * loss``;
     ``loss_hyperparameters`` are the distillation loss's own (``build_loss(method,
     **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
-    measured on ``eval_split`` of ``training.dataset``.
+    measured on ``eval_split`` of ``training.dataset``. ``distillation_token``: the student
+    has a distillation token (DeiT): its class head learns CE, its distillation head the
+    loss, its prediction (``eval_accuracy``) averages both; ``eval_cls_accuracy`` and
+    ``eval_distillation_accuracy`` are each head's top-1.
     """
 
     model_name: str
@@ -177,6 +191,9 @@ class StudentCard:
     license: str = "apache-2.0"
     repo_id: str | None = None
     training_curves: str | None = None
+    distillation_token: bool = False
+    eval_cls_accuracy: float | None = None
+    eval_distillation_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -283,9 +300,12 @@ def _value(value: object) -> str:
 def template_context(card: StudentCard) -> dict[str, Any]:
     """The variables of the ``student_card.md`` template, formatted for display."""
     method = method_info(card.method)
+    averaged = " of the averaged heads" if card.distillation_token else ""
     accuracies = [
-        ("Student (top-1)", card.eval_accuracy),
-        ("Student (top-5)", card.eval_top5_accuracy),
+        (f"Student (top-1{averaged})", card.eval_accuracy),
+        (f"Student (top-5{averaged})", card.eval_top5_accuracy),
+        ("Student's class head (top-1)", card.eval_cls_accuracy),
+        ("Student's distillation head (top-1)", card.eval_distillation_accuracy),
         ("Teacher (top-1)", card.teacher_eval_accuracy),
     ]
     results = [
@@ -346,7 +366,12 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "transfer_results": card.transfer_results,
         "training_curves": card.training_curves,
         "is_timm": card.student.library == "timm",
-        "citations": citations_for(card.method, logit_standardization=card.logit_standardization),
+        "distillation_token": card.distillation_token,
+        "citations": citations_for(
+            card.method,
+            logit_standardization=card.logit_standardization,
+            distillation_token=card.distillation_token,
+        ),
     }
 
 

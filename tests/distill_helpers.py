@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 from transformers import (
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
     TimmWrapperConfig,
     TimmWrapperForImageClassification,
     ViTConfig,
@@ -58,6 +60,51 @@ def tiny_timm(
         label2id={name: index for index, name in id2label.items()},
     )
     return TimmWrapperForImageClassification(config)
+
+
+def tiny_timm_deit(
+    num_labels: int = NUM_CLASSES, seed: int = 0
+) -> TimmWrapperForImageClassification:
+    """timm's DeiT with a distillation token (``VisionTransformerDistilled``), 16x16 input,
+    hidden size 32, 2 blocks, built the way hf-kd builds timm students."""
+    from hf_kd.models import load_classifier
+
+    torch.manual_seed(seed)
+    return load_classifier(
+        "deit_tiny_distilled_patch16_224",
+        id2label=class_names(num_labels),
+        pretrained=False,
+        model_kwargs=TINY_TIMM_DEIT_KWARGS,
+    )
+
+
+TINY_TIMM_DEIT_KWARGS = {
+    "img_size": IMAGE_SIZE,
+    "patch_size": 4,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+}
+
+
+def tiny_deit(
+    num_labels: int = NUM_CLASSES, seed: int = 0
+) -> DeiTForImageClassificationWithTeacher:
+    """transformers' DeiT with a distillation token, 16x16 input, hidden size 32, 2 layers."""
+    torch.manual_seed(seed)
+    id2label = class_names(num_labels)
+    config = DeiTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+    return DeiTForImageClassificationWithTeacher(config)
 
 
 def sharpened(model: ViTForImageClassification, factor: float) -> ViTForImageClassification:
