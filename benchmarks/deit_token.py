@@ -88,7 +88,7 @@ TIER = replace(
     title="CPU budget, ViT student",
     student_architecture=PLAIN_VIT,
     student_model_kwargs=VIT_KWARGS,
-    student_epochs=3,
+    student_epochs=2,
     optimizer="adamw",
     learning_rate=1e-3,
     weight_decay=0.05,
@@ -172,11 +172,19 @@ def head_accuracies(model: PreTrainedModel, data: TensorData, batch_size: int = 
     return {"cls_top1": cls_top1, "distillation_top1": distillation_top1}
 
 
-def run_students(
-    runs: Sequence[str], args: argparse.Namespace, runs_dir: Path, dataset_name: str
-) -> None:
-    """Train the named runs that have no record yet, one after another."""
-    data = load_tensor_data(dataset_name, TIER.image_size, Path(args.data_cache_dir))
+def prepare_teacher(
+    args: argparse.Namespace, runs_dir: Path
+) -> tuple[TensorData, tuple[torch.Tensor, torch.Tensor]]:
+    """The data and the teacher's cached logits (computed once); the teacher's record."""
+    data = load_tensor_data(args.dataset_name, TIER.image_size, Path(args.data_cache_dir))
+    if args.limit is not None:  # a smoke run: its teacher logits are cached for these only
+        data = replace(
+            data,
+            **{
+                name: getattr(data, name)[: args.limit]
+                for name in ("train_images", "train_labels", "test_images", "test_labels")
+            },
+        )
     teacher_work_dir = Path(args.teacher_work_dir)
     teacher_dir = teacher_work_dir / "teacher"
     if not teacher_dir.is_dir():
@@ -192,25 +200,39 @@ def run_students(
             "parameters": count_parameters(teacher),
             "top1": test_accuracy(teacher, data),
             "wall_time_s": 0.0,  # trained by benchmarks/accuracy.py, not here
+            "source": str(teacher_dir),
         }
-        write_record(runs_dir, record, TIER, dataset_name)
-    cached = cached_teacher_logits(teacher, data, TIER, teacher_work_dir)
+        # a checkpoint of the teacher's run says how far it was trained
+        state_file = teacher_dir / "trainer_state.json"
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            record.update(trained_epochs=state["epoch"], trained_steps=state["global_step"])
+        write_record(runs_dir, record, TIER, args.dataset_name)
+    return data, cached_teacher_logits(teacher, data, TIER, teacher_work_dir)
+
+
+def run_students(runs: Sequence[str], args: argparse.Namespace, runs_dir: Path) -> None:
+    """Train the named runs that have no record yet, one after another."""
+    data, cached = prepare_teacher(args, runs_dir)
     work_dir = Path(args.work_dir)
     for student, seed in planned_runs(args.seeds):
         name = run_name(student, seed)
         if name not in runs or record_path(runs_dir, name).exists():
             continue
+        tier = student.tier
+        if args.student_epochs is not None:
+            tier = replace(tier, student_epochs=args.student_epochs)
         record = train_student(
             student.spec,
             seed,
-            student.tier,
+            tier,
             data,
             work_dir,
             cached,
             extra_metrics=head_accuracies if student.distillation_token else None,
         )
         record["distillation_token"] = student.distillation_token
-        write_record(runs_dir, record, student.tier, dataset_name)
+        write_record(runs_dir, record, tier, args.dataset_name)
 
 
 # ---- report ----
@@ -232,6 +254,7 @@ def summarise(records: dict[str, dict]) -> dict[str, Any]:
             "parameters": runs[0]["parameters"],
             "seeds": [run["seed"] for run in runs],
             "objective": runs[0]["objective"],
+            "epochs": runs[0]["epochs"],
             "wall_time_s_mean": statistics.mean(run["wall_time_s"] for run in runs),
         }
         for key in ("top1", "cls_top1", "distillation_top1"):
@@ -302,6 +325,7 @@ def results_table(summary: dict) -> str:
 def markdown_report(summary: dict) -> str:
     tier = summary["configuration"]["plain"]
     teacher = summary["teacher"]
+    epochs = sorted({row["epochs"] for row in summary["students"].values()})
     kwargs = json.dumps(tier["student_model_kwargs"])
     lines = [
         REPORT_SECTION,
@@ -313,8 +337,9 @@ def markdown_report(summary: dict) -> str:
         f"{tier['num_views']} replayed pad-{tier['pad']} crop + flip views per image). "
         f"Students from scratch, timm `{PLAIN_VIT}` (class token only) or "
         f"`{DISTILLED_VIT}` (plus the distillation token and its head), both built with "
-        f"`{kwargs}`; {tier['student_epochs']:g} epochs, AdamW lr {tier['learning_rate']} "
-        f"weight decay {tier['weight_decay']}, batch {tier['batch_size']}, cosine schedule, "
+        f"`{kwargs}`; {', '.join(f'{value:g}' for value in epochs)} epochs, AdamW lr "
+        f"{tier['learning_rate']} weight decay {tier['weight_decay']}, batch "
+        f"{tier['batch_size']}, cosine schedule, "
         "each method at its CIFAR-100 preset (`token_hard`: DeiT's 0.5 CE + 0.5 hard). "
         "Top-1 on the full 10,000-image test set at the end of the fixed schedule; the token "
         "students predict the average of their two heads, each head's own top-1 is given "
@@ -322,7 +347,13 @@ def markdown_report(summary: dict) -> str:
         "",
     ]
     if teacher is not None:
-        lines += [f"Teacher: **{teacher['top1']:.2f}%** top-1.", ""]
+        trained = ""
+        if "trained_epochs" in teacher:
+            trained = (
+                f", a checkpoint of its run after {teacher['trained_epochs']:.2f} of its "
+                f"{tier['teacher_epochs']:g} epochs (step {teacher['trained_steps']})"
+            )
+        lines += [f"Teacher: **{teacher['top1']:.2f}%** top-1{trained}.", ""]
     lines += [results_table(summary), ""]
     pending = summary["pending"]
     lines += [
@@ -389,6 +420,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=TIER.torch_threads)
     parser.add_argument("--report", action="store_true", help="only aggregate the records")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N images only")
+    parser.add_argument("--student_epochs", type=float, default=None)
     return parser.parse_args(argv)
 
 
@@ -398,11 +431,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     results_dir = Path(args.results_dir)
     runs_dir = results_dir / f"{STEM}_runs"
-    readme = REPO_ROOT / "README.md" if results_dir.resolve() == RESULTS_DIR else None
+    is_default = results_dir.resolve() == RESULTS_DIR and args.limit is None
+    readme = REPO_ROOT / "README.md" if is_default else None
     if args.runs is not None:  # a worker of --jobs
-        run_students(args.runs, args, runs_dir, args.dataset_name)
+        run_students(args.runs, args, runs_dir)
         return
     if not args.report:
+        prepare_teacher(args, runs_dir)  # once, before the workers read its cache
         pending = [
             run_name(student, seed)
             for student, seed in planned_runs(args.seeds)
