@@ -52,6 +52,7 @@ from benchmarks.accuracy import (  # noqa: E402
     DEFAULT_DATASET,
     RESULTS_DIR,
     TIERS,
+    VIEW_SEED,
     StudentSpec,
     TensorData,
     TierConfig,
@@ -59,6 +60,7 @@ from benchmarks.accuracy import (  # noqa: E402
     _delta_cells,
     ablation_deltas,
     cached_teacher_logits,
+    draw_view_params,
     load_records,
     load_tensor_data,
     normalise,
@@ -88,7 +90,7 @@ TIER = replace(
     title="CPU budget, ViT student",
     student_architecture=PLAIN_VIT,
     student_model_kwargs=VIT_KWARGS,
-    student_epochs=2,
+    student_epochs=1,
     optimizer="adamw",
     learning_rate=1e-3,
     weight_decay=0.05,
@@ -172,10 +174,7 @@ def head_accuracies(model: PreTrainedModel, data: TensorData, batch_size: int = 
     return {"cls_top1": cls_top1, "distillation_top1": distillation_top1}
 
 
-def prepare_teacher(
-    args: argparse.Namespace, runs_dir: Path
-) -> tuple[TensorData, tuple[torch.Tensor, torch.Tensor]]:
-    """The data and the teacher's cached logits (computed once); the teacher's record."""
+def load_data(args: argparse.Namespace) -> TensorData:
     data = load_tensor_data(args.dataset_name, TIER.image_size, Path(args.data_cache_dir))
     if args.limit is not None:  # a smoke run: its teacher logits are cached for these only
         data = replace(
@@ -185,6 +184,22 @@ def prepare_teacher(
                 for name in ("train_images", "train_labels", "test_images", "test_labels")
             },
         )
+    return data
+
+
+def teacher_free_views(data: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The replayed views of the distilled students, with zeros for the teacher's logits: the
+    CE-only student sees the same images and never reads the logits (``kd_weight=0``), so it
+    needs no teacher."""
+    view_params = draw_view_params(len(data.train_labels), TIER.num_views, VIEW_SEED, TIER.pad)
+    shape = (len(data.train_labels), TIER.num_views, len(data.label_names))
+    return view_params, torch.zeros(shape, dtype=torch.float16)
+
+
+def prepare_teacher(
+    args: argparse.Namespace, runs_dir: Path, data: TensorData
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's cached logits (computed once if missing) and its record."""
     teacher_work_dir = Path(args.teacher_work_dir)
     teacher_dir = teacher_work_dir / "teacher"
     if not teacher_dir.is_dir():
@@ -208,17 +223,23 @@ def prepare_teacher(
             state = json.loads(state_file.read_text())
             record.update(trained_epochs=state["epoch"], trained_steps=state["global_step"])
         write_record(runs_dir, record, TIER, args.dataset_name)
-    return data, cached_teacher_logits(teacher, data, TIER, teacher_work_dir)
+    return cached_teacher_logits(teacher, data, TIER, teacher_work_dir)
 
 
 def run_students(runs: Sequence[str], args: argparse.Namespace, runs_dir: Path) -> None:
     """Train the named runs that have no record yet, one after another."""
-    data, cached = prepare_teacher(args, runs_dir)
+    pending = [
+        (student, seed)
+        for student, seed in planned_runs(args.seeds)
+        if run_name(student, seed) in runs
+        and not record_path(runs_dir, run_name(student, seed)).exists()
+    ]
+    data = load_data(args)
+    cached = None
+    if any(not student.spec.ce_only for student, _ in pending):
+        cached = prepare_teacher(args, runs_dir, data)
     work_dir = Path(args.work_dir)
-    for student, seed in planned_runs(args.seeds):
-        name = run_name(student, seed)
-        if name not in runs or record_path(runs_dir, name).exists():
-            continue
+    for student, seed in pending:
         tier = student.tier
         if args.student_epochs is not None:
             tier = replace(tier, student_epochs=args.student_epochs)
@@ -228,7 +249,7 @@ def run_students(runs: Sequence[str], args: argparse.Namespace, runs_dir: Path) 
             tier,
             data,
             work_dir,
-            cached,
+            teacher_free_views(data) if student.spec.ce_only else cached,
             extra_metrics=head_accuracies if student.distillation_token else None,
         )
         record["distillation_token"] = student.distillation_token
@@ -437,13 +458,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_students(args.runs, args, runs_dir)
         return
     if not args.report:
-        prepare_teacher(args, runs_dir)  # once, before the workers read its cache
         pending = [
             run_name(student, seed)
             for student, seed in planned_runs(args.seeds)
             if (args.only is None or student.spec.name in args.only)
             and not record_path(runs_dir, run_name(student, seed)).exists()
         ]
+        if any(not name.startswith("ce_") for name in pending):
+            prepare_teacher(args, runs_dir, load_data(args))  # once, before the workers
         shards = [pending[index :: args.jobs] for index in range(args.jobs)]
         workers = [
             subprocess.Popen([sys.executable, __file__, *_worker_argv(argv), "--runs", *shard])

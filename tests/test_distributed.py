@@ -30,7 +30,8 @@ def free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_two_process_data_parallel_run(tmp_path):
+@pytest.mark.parametrize("student", ["vit", "timm_deit_token"])
+def test_two_process_data_parallel_run(tmp_path, student):
     result_file = tmp_path / "result"
     command = [
         sys.executable,
@@ -53,6 +54,8 @@ def test_two_process_data_parallel_run(tmp_path):
         str(tmp_path / "output"),
         "--result_file",
         str(result_file),
+        "--student",
+        student,
         "--distillation_method",
         "kd",
         "--per_device_train_batch_size",
@@ -103,7 +106,10 @@ def test_two_process_data_parallel_run(tmp_path):
     # The loss parts are averaged over both processes at log time: every rank logs the same
     # values, and they add up to the Trainer's own all-process mean loss (weights 1, w = 1).
     assert results[1]["training_logs"] == logs
-    for key in ("eval_loss", "eval_accuracy", "eval_top5_accuracy"):
+    eval_keys = ["eval_loss", "eval_accuracy", "eval_top5_accuracy"]
+    if student == "timm_deit_token":  # each head's accuracy, over both processes' samples
+        eval_keys += ["eval_cls_accuracy", "eval_distillation_accuracy"]
+    for key in eval_keys:
         assert results[1]["eval_metrics"][key] == results[0]["eval_metrics"][key]
     for log in logs:
         assert log["loss"] == pytest.approx(log["ce_loss"] + log["kd_loss"], rel=1e-5)

@@ -19,7 +19,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for distill_helpers
 
-from distill_helpers import PatternDataset, tiny_vit
+from distill_helpers import PatternDataset, tiny_timm_deit, tiny_vit
 
 from hf_kd.arguments import DistillationArguments
 from hf_kd.trainer import DistillationTrainer
@@ -28,6 +28,10 @@ from hf_kd.trainer import DistillationTrainer
 @dataclass
 class ScriptArguments:
     result_file: str = field(metadata={"help": "Each rank writes RESULT_FILE.rank<r>.json."})
+    student: str = field(
+        default="vit",
+        metadata={"help": "'vit', or 'timm_deit_token': timm's DeiT with a distillation token."},
+    )
 
 
 def main() -> None:
@@ -35,7 +39,8 @@ def main() -> None:
     script_args, args = HfArgumentParser(
         (ScriptArguments, DistillationArguments)
     ).parse_args_into_dataclasses()
-    student, teacher = tiny_vit(seed=1), tiny_vit(seed=2)
+    make_student = {"vit": tiny_vit, "timm_deit_token": tiny_timm_deit}[script_args.student]
+    student, teacher = make_student(seed=1), tiny_vit(seed=2)
     initial_weights = torch.nn.utils.parameters_to_vector(student.parameters()).detach().clone()
     trainer = DistillationTrainer(
         model=student,
