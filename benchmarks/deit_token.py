@@ -149,14 +149,9 @@ def run_name(student: Student, seed: int) -> str:
 
 
 def planned_runs(seeds: Sequence[int]) -> list[tuple[Student, int]]:
-    """The class-token runs first (they need no distillation token), seed by seed."""
-    plain = [
-        (student, seed) for seed in seeds for student in STUDENTS if not student.distillation_token
-    ]
-    token = [
-        (student, seed) for seed in seeds for student in STUDENTS if student.distillation_token
-    ]
-    return plain + token
+    """Seed by seed, every student at a seed before the next seed: a partial run still gives
+    complete paired comparisons."""
+    return [(student, seed) for seed in seeds for student in STUDENTS]
 
 
 @torch.no_grad()
