@@ -136,6 +136,8 @@ COMPARISONS = (
     ("token_mcld", "mcld"),
     ("token_kd", "kd"),
     ("token_hard", "ce"),
+    ("token_hard", "kd"),
+    ("token_hard", "mcld"),
     ("token_hard", "token_kd"),
     ("token_hard", "token_mcld"),
     ("token_mcld", "token_kd"),
@@ -353,13 +355,14 @@ def markdown_report(summary: dict) -> str:
         f"{tier['num_views']} replayed pad-{tier['pad']} crop + flip views per image). "
         f"Students from scratch, timm `{PLAIN_VIT}` (class token only) or "
         f"`{DISTILLED_VIT}` (plus the distillation token and its head), both built with "
-        f"`{kwargs}`; {', '.join(f'{value:g}' for value in epochs)} epochs, AdamW lr "
+        f"`{kwargs}`; epochs {', '.join(f'{value:g}' for value in epochs)}, AdamW lr "
         f"{tier['learning_rate']} weight decay {tier['weight_decay']}, batch "
         f"{tier['batch_size']}, cosine schedule, "
         "each method at its CIFAR-100 preset (`token_hard`: DeiT's 0.5 CE + 0.5 hard). "
         "Top-1 on the full 10,000-image test set at the end of the fixed schedule; the token "
         "students predict the average of their two heads, each head's own top-1 is given "
-        "too. One torch thread per run, two runs at a time.",
+        "too. One torch thread per run, two or three runs at a time on a 2-core machine "
+        "shared with other jobs: the wall times measure that contention, not the methods.",
         "",
     ]
     if teacher is not None:
