@@ -242,7 +242,7 @@ class DistillationTrainer(Trainer):
         self._inference_speed: InferenceSpeed | None = None
         self._hub_client: HfApi | None = None
         # A student with a distillation token (DeiT) trains its two heads apart.
-        self.distillation_token = model is not None and has_distillation_token(self.model)
+        self.distillation_token = self.model is not None and has_distillation_token(self.model)
         if self.distillation_token:
             enable_distilled_training(self.model)
         self.objective = args.resolve_objective(distillation_token=self.distillation_token)

@@ -55,14 +55,24 @@ def test_students_with_a_distillation_head_are_detected() -> None:
         assert not has_distillation_token(student)
 
 
-def test_the_token_learns_hard_distillation_unless_told_to_use_the_method(tmp_path) -> None:
+def test_the_token_learns_the_method_or_hard_distillation(tmp_path) -> None:
     args = make_args(tmp_path, distillation_method="mcld", distillation_preset="cifar100")
-    assert args.resolve_objective().method == "mcld"
-    hard = args.resolve_objective(distillation_token=True)
+    assert args.resolve_objective(distillation_token=True).method == "mcld"  # the default
+    hard_args = make_args(
+        tmp_path,
+        distillation_method="mcld",
+        distillation_preset="cifar100",
+        distillation_token_loss="hard",
+    )
+    assert hard_args.resolve_objective().method == "mcld"  # no token: the method
+    hard = hard_args.resolve_objective(distillation_token=True)
     assert (hard.method, hard.ce_weight, hard.kd_weight) == ("hard", 0.5, 0.5)
-    on_token = make_args(tmp_path, distillation_method="mcld", distillation_token_loss="method")
-    assert on_token.resolve_objective(distillation_token=True).method == "mcld"
-    with_kwargs = make_args(tmp_path, distillation_method="kd", loss_kwargs={"temperature": 2.0})
+    with_kwargs = make_args(
+        tmp_path,
+        distillation_method="kd",
+        loss_kwargs={"temperature": 2.0},
+        distillation_token_loss="hard",
+    )
     with pytest.raises(ValueError, match="--distillation_token_loss method"):
         with_kwargs.resolve_objective(distillation_token=True)
     with pytest.raises(ValueError, match="distillation_token_loss must be one of"):
@@ -125,7 +135,12 @@ def test_evaluation_reports_each_head_and_the_objective_parts(tmp_path, make_stu
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=make_args(tmp_path, eval_with_teacher=True, per_device_eval_batch_size=6),
+        args=make_args(
+            tmp_path,
+            eval_with_teacher=True,
+            per_device_eval_batch_size=6,
+            distillation_token_loss="hard",
+        ),
         eval_dataset=eval_dataset,
     )
     metrics = trainer.evaluate()
@@ -167,7 +182,7 @@ def test_cached_teacher_logits_train_the_token_as_the_live_teacher_does(tmp_path
         trainer = DistillationTrainer(
             model=student,
             teacher_model=teacher_model,
-            args=make_args(tmp_path / name, max_steps=2, distillation_token_loss="method"),
+            args=make_args(tmp_path / name, max_steps=2),
             train_dataset=PatternDataset(8, extra_columns=columns),
         )
         trainer.train()
@@ -185,7 +200,9 @@ def trained_token_student(tmp_path, make_student) -> tuple[torch.nn.Module, str]
     trainer = DistillationTrainer(
         model=student,
         teacher_model=tiny_vit(seed=2),
-        args=make_args(output_dir, max_steps=2, learning_rate=1e-2),
+        args=make_args(
+            output_dir, max_steps=2, learning_rate=1e-2, distillation_token_loss="hard"
+        ),
         train_dataset=PatternDataset(8),
         eval_dataset=PatternDataset(10, seed=5),
         processing_class=image_processor_for(student, preprocessing),

@@ -79,7 +79,6 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, make_student):
                 learning_rate=0.5,
                 lr_scheduler_type="constant",
                 kd_weight=50.0,  # make the distillation gradient comparable to CE's
-                distillation_token_loss="method",  # a token student's head learns kd too
             ),
             train_dataset=PatternDataset(8),
         )
