@@ -42,6 +42,7 @@ from hf_kd.data import (
     collate_image_batch,
     load_image_dataset,
 )
+from hf_kd.metrics import compute_accuracy_metrics
 from hf_kd.models import (
     image_processor_for,
     load_classifier,
@@ -242,10 +243,10 @@ def train_teacher(
         train_dataset=train,
         data_collator=collate_image_batch,
         processing_class=image_processor_for(teacher, preprocessing),
+        compute_metrics=compute_accuracy_metrics,
     )
     trainer.train()
-    predictions = trainer.predict(test if test is not None else validation)
-    accuracy = float((predictions.predictions.argmax(-1) == predictions.label_ids).mean())
+    accuracy = trainer.predict(test if test is not None else validation).metrics["test_accuracy"]
     trainer.save_model(teacher_dir)
     if trainer.is_world_process_zero():
         with open(os.path.join(teacher_dir, TEACHER_RESULTS_FILE), "w") as handle:

@@ -94,6 +94,10 @@ class TransferArguments:
     device: str | None = field(
         default=None, metadata={"help": "Device for the features (default: cuda if available)."}
     )
+    disable_tqdm: bool = field(
+        default=False,
+        metadata={"help": "Hide the progress bars of feature extraction and probe training."},
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "Push the results to the Hub."})
     hub_model_id: str | None = field(
         default=None,
@@ -152,7 +156,12 @@ def main(argv: list[str] | None = None) -> TransferResult:
         seed=args.seed,
     )
     result = evaluate_transfer(
-        model, data, preprocessing, probe_config=probe_config, batch_size=args.feature_batch_size
+        model,
+        data,
+        preprocessing,
+        probe_config=probe_config,
+        batch_size=args.feature_batch_size,
+        disable_tqdm=args.disable_tqdm,
     )
     logger.info("%s linear-probe top-1: %.2f%%", data.display_name, 100 * result.top1_accuracy)
     write_transfer_results(args.output_dir, result)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from accelerate import Accelerator
 from timm.models.deit import VisionTransformerDistilled
 from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher, TimmWrapperForImageClassification
@@ -111,41 +109,12 @@ def _with_average(cls_logits: Tensor, distillation_logits: Tensor) -> Distillati
     )
 
 
-class HeadAccuracy:
-    """Each head's top-1 over an evaluation, counted on the device, sample-weighted.
-
-    ``add`` never synchronises with the host; ``pop`` sums the counts over processes (one
-    all-reduce) and returns ``{cls_accuracy, distillation_accuracy}``, then resets.
-    """
-
-    def __init__(self) -> None:
-        self._counts: Tensor | None = None
-
-    def __bool__(self) -> bool:
-        return self._counts is not None
-
-    def reset(self) -> None:
-        self._counts = None
-
-    def add(self, outputs: DistillationTokenOutput, labels: Tensor) -> None:
-        counts = torch.stack(
-            [
-                (outputs.cls_logits.argmax(dim=1) == labels).sum(),
-                (outputs.distillation_logits.argmax(dim=1) == labels).sum(),
-                torch.tensor(labels.numel(), device=labels.device),
-            ]
-        )
-        self._counts = counts if self._counts is None else self._counts + counts
-
-    def pop(self, accelerator: Accelerator) -> dict[str, float]:
-        """The accuracies over every process's samples. Collective: call on every rank."""
-        if self._counts is None:
-            return {}
-        cls_correct, distillation_correct, samples = accelerator.reduce(
-            self._counts.to(accelerator.device), reduction="sum"
-        ).tolist()
-        self.reset()
-        return {
-            CLS_ACCURACY: cls_correct / samples,
-            DISTILLATION_ACCURACY: distillation_correct / samples,
-        }
+def head_accuracy_means(
+    cls_logits: Tensor, distillation_logits: Tensor, labels: Tensor
+) -> dict[str, Tensor]:
+    """Each head's top-1 accuracy over one batch, on its device (no host sync):
+    ``{cls_accuracy, distillation_accuracy}``."""
+    return {
+        CLS_ACCURACY: (cls_logits.argmax(dim=1) == labels).float().mean(),
+        DISTILLATION_ACCURACY: (distillation_logits.argmax(dim=1) == labels).float().mean(),
+    }

@@ -268,21 +268,33 @@ def _prepare_fsdp(model: nn.Module, accelerator: Accelerator) -> nn.Module:
 def check_teacher_matches_student(teacher: nn.Module, student: nn.Module) -> None:
     """Raise ``ValueError`` when the two models do not predict the same classes.
 
-    Compares ``config.num_labels`` (the logit width) and, when both configs name their
-    classes (not the generic ``LABEL_i``), ``config.id2label`` index by index.
+    Compares their configs' label maps with :func:`check_same_classes`; a model without a
+    config is not checked.
     """
     teacher_config = getattr(teacher, "config", None)
     student_config = getattr(student, "config", None)
     if teacher_config is None or student_config is None:
         return
-    if teacher_config.num_labels != student_config.num_labels:
+    check_same_classes(teacher_config.id2label, student_config.id2label)
+
+
+def check_same_classes(
+    teacher_id2label: Mapping[int, str], student_id2label: Mapping[int, str]
+) -> None:
+    """Raise ``ValueError`` unless teacher and student logit ``c`` mean the same class.
+
+    Compares the number of classes (the logit width) and, when both maps name their classes
+    (not the generic ``LABEL_i``), the names index by index. Used for a live teacher and for
+    the teacher recorded in a logit cache.
+    """
+    if len(teacher_id2label) != len(student_id2label):
         raise ValueError(
-            f"the teacher predicts {teacher_config.num_labels} classes but the student "
-            f"{student_config.num_labels}: build the student with num_labels="
-            f"{teacher_config.num_labels} and the teacher's id2label/label2id"
+            f"the teacher predicts {len(teacher_id2label)} classes but the student "
+            f"{len(student_id2label)}: build the student with num_labels="
+            f"{len(teacher_id2label)} and the teacher's id2label/label2id"
         )
-    teacher_labels = _class_names(teacher_config.id2label)
-    student_labels = _class_names(student_config.id2label)
+    teacher_labels = _class_names(teacher_id2label)
+    student_labels = _class_names(student_id2label)
     if teacher_labels is None or student_labels is None:
         if teacher_labels != student_labels:
             logger.warning(

@@ -70,15 +70,16 @@ from transformers.utils.hub import PushInProgress
 
 from hf_kd.arguments import DistillationArguments
 from hf_kd.distillation_token import (
-    HeadAccuracy,
     enable_distilled_training,
     forward_heads,
     has_distillation_token,
+    head_accuracy_means,
 )
+from hf_kd.eval_samples import samples_kept_by_gather
 from hf_kd.hub import copy_student_files, push_student_to_hub, save_student
 from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
-from hf_kd.metrics import compute_accuracy_metrics, top_k_class_indices
+from hf_kd.metrics import accuracy_means
 from hf_kd.model_card import (
     ModelSummary,
     StudentCard,
@@ -107,10 +108,13 @@ IMAGE_COLUMNS = ("pixel_values", "teacher_pixel_values")
 
 
 class RunningMeans:
-    """Sums of logged scalars kept on the device; averaged only when read.
+    """Sample-weighted sums of logged scalars kept on the device; averaged only when read.
 
-    ``add`` never synchronises with the host. ``pop_means`` averages over the micro-batches
-    added since the last read and over processes (one all-reduce), then resets.
+    ``add`` never synchronises with the host. ``pop_means`` sums the weighted values and the
+    weights over processes (one all-reduce), divides, then resets: the mean over every
+    sample added on every process. Training adds one micro-batch mean per step (weight 1,
+    equal on every process); evaluation adds the mean over a batch's real samples weighted
+    by their number.
     """
 
     def __init__(self) -> None:
@@ -118,29 +122,33 @@ class RunningMeans:
         self._count = 0
 
     def __bool__(self) -> bool:
-        return self._count > 0
+        return bool(self._sums)
 
-    def add(self, values: Mapping[str, Tensor | float]) -> None:
+    def add(self, values: Mapping[str, Tensor | float], weight: int = 1) -> None:
+        """Add means over ``weight`` samples; weight 0 (a batch of padding) adds only names."""
         for name, value in values.items():
             if isinstance(value, Tensor):
                 value = value.detach().float()
+            if weight != 1:
+                value = value * weight if weight else 0.0
             self._sums[name] = self._sums.get(name, 0.0) + value
-        self._count += 1
+        self._count += weight
 
     def reset(self) -> None:
         self._sums = {}
         self._count = 0
 
     def pop_means(self, accelerator: Accelerator) -> dict[str, float]:
-        """Mean per name over micro-batches and processes. Collective: call on every rank."""
+        """Mean per name over samples and processes. Collective: call on every rank."""
         names = sorted(self._sums)
-        sums = torch.stack(
+        totals = torch.stack(
             [
-                torch.as_tensor(self._sums[name], dtype=torch.float32, device=accelerator.device)
-                for name in names
+                torch.as_tensor(value, dtype=torch.float32, device=accelerator.device)
+                for value in [*(self._sums[name] for name in names), self._count]
             ]
         )
-        means = accelerator.reduce(sums / self._count, reduction="mean").tolist()
+        totals = accelerator.reduce(totals, reduction="sum")
+        means = (totals[:-1] / totals[-1]).tolist()
         self.reset()
         return dict(zip(names, means, strict=True))
 
@@ -157,7 +165,12 @@ class DistillationTrainer(Trainer):
         teacher_preprocessing: the teacher's own input; the ``--teacher_image_*`` flags
             override it. When it differs from the student's, the student's batch is resized
             and re-normalised on the device (unless the batch has ``teacher_pixel_values``).
-        compute_metrics: defaults to top-1 ``accuracy`` and ``top5_accuracy`` (numpy).
+        compute_metrics: by default none: evaluation counts top-1 ``accuracy`` and
+            ``top5_accuracy`` on the device (:func:`hf_kd.metrics.accuracy_means`) and
+            ``evaluate()`` gathers no ``[N, C]`` logits; ``predict()`` still returns them. A
+            ``compute_metrics`` given here takes the Trainer's own path (gathered logits or
+            ``preprocess_logits_for_metrics``' output);
+            :func:`hf_kd.metrics.compute_accuracy_metrics` gives the same two metrics there.
         teacher_name, student_name: how the model card names the models (a Hub id is best:
             the teacher's becomes the card's ``base_model``). Default: the Hub id or folder
             each was loaded from, else the timm architecture or model type.
@@ -170,7 +183,9 @@ class DistillationTrainer(Trainer):
     Batches are dicts with ``pixel_values`` ``[B, 3, H, W]`` and ``labels`` ``[B]`` int64,
     optionally ``teacher_pixel_values`` and ``teacher_logits``. Evaluation reports the
     student's accuracy, top-5 accuracy and plain cross-entropy (``eval_loss``) without
-    running the teacher, unless ``args.eval_with_teacher``.
+    running the teacher, unless ``args.eval_with_teacher``: exact means over the samples,
+    also under DDP. ``predict()`` returns the student's float logits ``[N, C]``, as the
+    Trainer does, and the same metrics.
     """
 
     # compute_loss returns a per-micro-batch mean: training_step divides it by the number of
@@ -208,10 +223,6 @@ class DistillationTrainer(Trainer):
                 "DistillationTrainer computes its own loss; choose it with "
                 "--distillation_method and --loss_kwargs instead of compute_loss_func"
             )
-        if compute_metrics is None:
-            compute_metrics = compute_accuracy_metrics
-            if preprocess_logits_for_metrics is None:
-                preprocess_logits_for_metrics = top_k_class_indices
         if model is not None and args.channels_last:
             model.to(memory_format=torch.channels_last)
         super().__init__(
@@ -275,7 +286,6 @@ class DistillationTrainer(Trainer):
             )
         self._train_means = RunningMeans()
         self._eval_means = RunningMeans()
-        self._head_accuracy = HeadAccuracy()
         self._inputs_validated = False
 
     # ---- inputs and models ----
@@ -398,8 +408,12 @@ class DistillationTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """The student's logits and plain cross-entropy; the teacher only if
-        ``args.eval_with_teacher``."""
+        """The student's logits ``[B, C]`` (float32) and plain cross-entropy; the teacher only
+        if ``args.eval_with_teacher``.
+
+        With labels it also adds this batch's evaluation metrics on the device
+        (:meth:`_add_eval_means`), which :meth:`evaluation_loop` reads once at the end.
+        """
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         with torch.no_grad():
@@ -411,21 +425,49 @@ class DistillationTrainer(Trainer):
             loss = None
             if labels is not None:
                 loss = F.cross_entropy(student_logits, labels)
-                if self.distillation_token:
-                    self._head_accuracy.add(student_outputs, labels)
-                if self.args.eval_with_teacher:
-                    with self.accelerator.autocast():
-                        teacher_logits = self.teacher(inputs)
-                    _, logged = self.distillation_objective(
-                        getattr(student_outputs, "cls_logits", student_logits),
-                        teacher_logits,
-                        labels,
-                        getattr(student_outputs, "distillation_logits", None),
-                    )
-                    self._eval_means.add(logged)
+                self._add_eval_means(inputs, student_logits, labels, student_outputs)
         if prediction_loss_only:
             return loss, None, None
         return loss, student_logits, labels
+
+    def _add_eval_means(
+        self,
+        inputs: dict[str, Any],
+        student_logits: Tensor,
+        labels: Tensor,
+        student_outputs: Any = None,
+    ) -> None:
+        """Add the batch's means over its real samples, weighted by their number.
+
+        Real: the samples ``gather_for_metrics`` keeps (:func:`samples_kept_by_gather` drops
+        Accelerate's padding of the last batch under DDP), so every mean is exact over the
+        evaluation set. ``loss`` is the student's cross-entropy; ``accuracy`` and
+        ``top5_accuracy`` unless the user gave ``compute_metrics``; ``ce_loss``, ``kd_loss``
+        and the loss terms with ``args.eval_with_teacher``; for a distillation-token student
+        (``student_outputs`` with both heads) each head's accuracy, and the loss parts of
+        each head's objective.
+        """
+        kept = samples_kept_by_gather(self.accelerator, labels.shape[0])
+        # A process whose batch is all padding adds its names with weight 0 (the read is
+        # collective); one sample stands in so that no mean is taken over nothing.
+        real = slice(0, max(kept, 1))
+        logits, real_labels = student_logits[real], labels[real]
+        values: dict[str, Tensor | float] = {"loss": F.cross_entropy(logits, real_labels)}
+        if self.compute_metrics is None:
+            values.update(accuracy_means(logits, real_labels))
+        cls_logits, distillation_logits = logits, None
+        if self.distillation_token:
+            cls_logits = student_outputs.cls_logits[real].float()
+            distillation_logits = student_outputs.distillation_logits[real].float()
+            values.update(head_accuracy_means(cls_logits, distillation_logits, real_labels))
+        if self.args.eval_with_teacher:
+            with self.accelerator.autocast():
+                teacher_logits = self.teacher(inputs)
+            _, logged = self.distillation_objective(
+                cls_logits, teacher_logits[real], real_labels, distillation_logits
+            )
+            values.update(logged)
+        self._eval_means.add(values, weight=kept)
 
     def evaluation_loop(
         self,
@@ -435,8 +477,9 @@ class DistillationTrainer(Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> EvalLoopOutput:
+        """The Trainer's loop, then the exact sample means that :meth:`prediction_step` added
+        on the device, reduced over processes once (``eval_loss`` among them)."""
         self._eval_means.reset()
-        self._head_accuracy.reset()
         output = super().evaluation_loop(
             dataloader,
             description,
@@ -444,11 +487,9 @@ class DistillationTrainer(Trainer):
             ignore_keys=ignore_keys,
             metric_key_prefix=metric_key_prefix,
         )
-        if self._eval_means:
+        if self._eval_means:  # exact sample means; they replace the Trainer's eval_loss
             for name, value in self._eval_means.pop_means(self.accelerator).items():
                 output.metrics[f"{metric_key_prefix}_{name}"] = value
-        for name, value in self._head_accuracy.pop(self.accelerator).items():
-            output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 
     # ---- checkpoints ----

@@ -3,7 +3,8 @@
 The protocol of the distillation literature (CRD, Tian et al., ICLR 2020; reused by MCLD on
 STL-10 and Tiny-ImageNet): freeze the student, take its penultimate pooled features (the
 input of its classification head), train a linear classifier on the target dataset's train
-split, and report top-1 accuracy on its test split.
+split, and report top-1 accuracy on its test split (hf-kd's ``evaluate`` accuracy module,
+:func:`hf_kd.metrics.load_accuracy_metric`).
 
 * Images are converted to RGB and resized straight to the student's input size (no crop),
   then normalised with the student's own mean/std.
@@ -34,8 +35,10 @@ from PIL import Image as PILImage
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from hf_kd.metrics import load_accuracy_metric
 from hf_kd.models import is_timm_model
 from hf_kd.preprocessing import ImagePreprocessing, pil_resampling
+from hf_kd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -285,21 +288,27 @@ def compute_features(
     label_column: str,
     preprocessing: ImagePreprocessing,
     batch_size: int = 128,
+    disable_tqdm: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Features ``[N, D]`` (float32, on the model's device) and labels ``[N]`` of a split.
 
-    One pass, in batches, in eval mode without autograd; the model's mode is restored.
+    One pass, in batches, in eval mode without autograd, with a progress bar over the
+    images (:func:`hf_kd.progress.progress_bar`); the model's mode is restored.
     """
     was_training = model.training
     model.eval()
     features, labels = [], []
     try:
-        with torch.inference_mode():
+        bar = progress_bar(
+            desc="Extracting features", total=len(dataset), unit="img", disable=disable_tqdm
+        )
+        with torch.inference_mode(), bar:
             for start in range(0, len(dataset), batch_size):
                 batch = dataset[start : start + batch_size]
                 pixel_values = pixel_values_from_images(batch[image_column], preprocessing)
                 features.append(extract_features(model, pixel_values).float())
                 labels.append(torch.as_tensor(batch[label_column], dtype=torch.long))
+                bar.update(len(labels[-1]))
     finally:
         model.train(was_training)
     if not features:
@@ -324,7 +333,12 @@ class LinearProbe:
 
 
 def train_linear_probe(
-    features: Tensor, labels: Tensor, num_classes: int, config: LinearProbeConfig
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    config: LinearProbeConfig,
+    *,
+    disable_tqdm: bool = False,
 ) -> LinearProbe:
     """Fit a linear classifier on frozen ``features`` with mini-batch SGD (see the module doc).
 
@@ -355,7 +369,9 @@ def train_linear_probe(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=config.epochs * steps_per_epoch
     )
-    for _ in range(config.epochs):
+    for _ in progress_bar(
+        range(config.epochs), desc="Training the linear probe", unit="epoch", disable=disable_tqdm
+    ):
         order = torch.randperm(len(inputs), generator=generator).to(inputs.device)
         for start in range(0, len(inputs), config.batch_size):
             indices = order[start : start + config.batch_size]
@@ -374,14 +390,19 @@ def evaluate_transfer(
     *,
     probe_config: LinearProbeConfig | None = None,
     batch_size: int = 128,
+    disable_tqdm: bool = False,
 ) -> TransferResult:
-    """Run the whole protocol: frozen features of both splits, probe on train, top-1 on eval."""
+    """Run the whole protocol: frozen features of both splits, probe on train, top-1 on eval.
+
+    Feature extraction and probe training show progress bars unless ``disable_tqdm``.
+    """
     probe_config = probe_config or LinearProbeConfig()
     read = {
         "image_column": data.image_column,
         "label_column": data.label_column,
         "preprocessing": preprocessing,
         "batch_size": batch_size,
+        "disable_tqdm": disable_tqdm,
     }
     train_features, train_labels = compute_features(model, data.train, **read)
     eval_features, eval_labels = compute_features(model, data.eval, **read)
@@ -392,8 +413,13 @@ def evaluate_transfer(
         len(eval_features),
         train_features.shape[1],
     )
-    probe = train_linear_probe(train_features, train_labels, data.num_classes, probe_config)
-    accuracy = (probe.predict(eval_features) == eval_labels).float().mean().item()
+    probe = train_linear_probe(
+        train_features, train_labels, data.num_classes, probe_config, disable_tqdm=disable_tqdm
+    )
+    accuracy = load_accuracy_metric().compute(
+        predictions=probe.predict(eval_features).cpu().numpy(),
+        references=eval_labels.cpu().numpy(),
+    )["accuracy"]
     return TransferResult(
         dataset=data.dataset,
         display_name=data.display_name,

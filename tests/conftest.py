@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers.utils import logging as transformers_logging
 
 # Every image of a class has the same RGB colour once converted (transparency on white),
 # whatever its stored mode, so a test can predict each normalised pixel exactly.
@@ -20,6 +22,26 @@ CORRUPT_FILE_NAME = "broken.png"
 def _one_thread() -> None:
     """The test machine's cores are shared: one intra-op thread per test process."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection (the Hub) fails the test."""
+
+    def refuse(sock: socket.socket, address: object) -> None:
+        raise AssertionError(f"network access to {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def progress_bars_on():
+    """transformers' global progress-bar switch on for the test, restored after."""
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.enable_progress_bar()
+    yield
+    if not was_on:
+        transformers_logging.disable_progress_bar()
 
 
 def _class_images(class_name: str) -> list[Image.Image]:

@@ -200,9 +200,7 @@ def trained_token_student(tmp_path, make_student) -> tuple[torch.nn.Module, str]
     trainer = DistillationTrainer(
         model=student,
         teacher_model=tiny_vit(seed=2),
-        args=make_args(
-            output_dir, max_steps=2, learning_rate=1e-2, distillation_token_loss="hard"
-        ),
+        args=make_args(output_dir, max_steps=2, learning_rate=1e-2, distillation_token_loss="hard"),
         train_dataset=PatternDataset(8),
         eval_dataset=PatternDataset(10, seed=5),
         processing_class=image_processor_for(student, preprocessing),

@@ -20,6 +20,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "tests" / "scripts" / "distill_ddp.py"
+EVALUATE_SCRIPT = REPO_ROOT / "tests" / "scripts" / "evaluate_ddp.py"
 
 
 def free_port() -> int:
@@ -28,10 +29,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-@pytest.mark.parametrize("student", ["vit", "timm_deit_token"])
-def test_two_process_data_parallel_run(tmp_path, student):
+def launch_two_processes(script: Path, tmp_path: Path, *script_arguments: str) -> list[dict]:
+    """Run ``script`` on 2 CPU processes (gloo); each writes ``result.rank<r>.json``."""
     result_file = tmp_path / "result"
     command = [
         sys.executable,
@@ -48,12 +47,40 @@ def test_two_process_data_parallel_run(tmp_path, student):
         "no",
         "--main_process_port",
         str(free_port()),
-        str(SCRIPT),
+        str(script),
         "--use_cpu",
         "--output_dir",
         str(tmp_path / "output"),
         "--result_file",
         str(result_file),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        *script_arguments,
+    ]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+        # an empty Accelerate/HF home: no user accelerate config, no Hub access
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    completed = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    return [json.loads(Path(f"{result_file}.rank{rank}.json").read_text()) for rank in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+@pytest.mark.parametrize("student", ["vit", "timm_deit_token"])
+def test_two_process_data_parallel_run(tmp_path, student):
+    results = launch_two_processes(
+        SCRIPT,
+        tmp_path,
         "--student",
         student,
         "--distillation_method",
@@ -70,25 +97,7 @@ def test_two_process_data_parallel_run(tmp_path, student):
         "1",
         "--save_strategy",
         "no",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-    ]
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "OMP_NUM_THREADS": "1",
-        # an empty Accelerate/HF home: no user accelerate config, no Hub access
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    completed = subprocess.run(
-        command, env=environment, capture_output=True, text=True, timeout=300, check=False
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
-
-    results = [json.loads(Path(f"{result_file}.rank{rank}.json").read_text()) for rank in range(2)]
     for rank, result in enumerate(results):
         assert result["rank"] == rank
         assert result["world_size"] == 2
@@ -125,3 +134,31 @@ def test_two_process_data_parallel_run(tmp_path, student):
     training = results[0]["card"]["training"]
     assert (training["world_size"], training["global_batch_size"]) == (2, 16)
     assert results[0]["card"]["eval_accuracy"] == results[0]["eval_metrics"]["eval_accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_two_process_evaluation_and_prediction_drop_the_padding(tmp_path):
+    # 9 images, 8 per process: the second process's batch is 1 image and 7 duplicates.
+    results = launch_two_processes(
+        EVALUATE_SCRIPT,
+        tmp_path,
+        "--distillation_method",
+        "kd",
+        "--per_device_eval_batch_size",
+        "8",
+        "--eval_with_teacher",
+        "true",
+    )
+    for result in results:
+        metrics, expected = result["metrics"], result["expected"]
+        assert metrics["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-5)
+        assert metrics["eval_ce_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-6)
+        assert metrics["eval_kd_loss"] == pytest.approx(expected["eval_kd_loss"], rel=1e-5)
+        assert metrics["eval_accuracy"] == pytest.approx(expected["eval_accuracy"], abs=1e-6)
+        assert result["prediction_shape"] == [9, 5]  # the logits, padding dropped
+        assert result["prediction_max_error"] < 1e-5
+        for name in ("loss", "accuracy", "top5_accuracy"):
+            assert result["prediction_metrics"][f"test_{name}"] == pytest.approx(
+                metrics[f"eval_{name}"]
+            )

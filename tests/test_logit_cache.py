@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from hf_kd.logit_cache import TeacherLogitCache, load_teacher_logit_cache
 from hf_kd.logit_cache.__main__ import main as cache_cli
 from hf_kd.models import image_processor_for, load_classifier
 from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.teacher import check_teacher_matches_student
 
 TEACHER = "test_resnet"  # timm's own tiny test ResNet, random init
 ROWS = 32
@@ -84,6 +86,12 @@ def train(data: ImageClassificationData) -> Dataset:
 @pytest.fixture(scope="module")
 def teacher(data: ImageClassificationData) -> PreTrainedModel:
     return make_teacher(data, seed=0)
+
+
+@pytest.fixture(scope="module")
+def student(data: ImageClassificationData) -> PreTrainedModel:
+    """A student of the teacher's classes, in the teacher's order."""
+    return make_teacher(data, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +202,37 @@ def test_autocast_runs_the_teacher_in_low_precision_and_is_recorded(
     assert (cached - live_logits(teacher, pixel_values)).abs().max() > 1e-4
 
 
+def test_caching_shows_a_progress_bar_unless_disabled(
+    teacher: PreTrainedModel,
+    train: Dataset,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    progress_bars_on: None,
+) -> None:
+    for disable_tqdm in (False, True):
+        capsys.readouterr()
+        hf_kd.cache_teacher_logits(
+            teacher,
+            train,
+            preprocessing=PREPROCESSING,
+            output_path=tmp_path / str(disable_tqdm),
+            split_name="train",
+            batch_size=12,
+            disable_tqdm=disable_tqdm,
+        )
+        shown = capsys.readouterr().err
+        bar = "Caching teacher logits: 100%|"
+        assert (bar in shown and f"| {ROWS}/{ROWS} " in shown) != disable_tqdm, shown
+
+
 # --- reuse and refusal ----------------------------------------------------------------------
 
 
 def test_cache_is_reused_across_loads_and_students(
-    plain_cache: TeacherLogitCache, teacher: PreTrainedModel, train: Dataset
+    plain_cache: TeacherLogitCache,
+    teacher: PreTrainedModel,
+    train: Dataset,
+    student: PreTrainedModel,
 ) -> None:
     loads = [
         load_teacher_logit_cache(
@@ -216,8 +250,10 @@ def test_cache_is_reused_across_loads_and_students(
         np.testing.assert_array_equal(loaded.row_index, plain_cache.row_index)
     small_student = ImagePreprocessing(image_size=(16, 16), interpolation="bicubic")
     examples = [
-        hf_kd.with_cached_teacher_logits(train, loaded, preprocessing=student)[5]
-        for loaded, student in zip(loads, (PREPROCESSING, small_student), strict=True)
+        hf_kd.with_cached_teacher_logits(
+            train, loaded, student=student, preprocessing=preprocessing
+        )[5]
+        for loaded, preprocessing in zip(loads, (PREPROCESSING, small_student), strict=True)
     ]
     assert examples[0]["pixel_values"].shape == (3, 32, 32)
     assert examples[1]["pixel_values"].shape == (3, 16, 16)
@@ -287,16 +323,72 @@ def test_a_cache_made_for_something_else_is_refused(
 
 
 def test_attaching_rows_or_labels_the_cache_lacks_is_refused(
-    plain_cache: TeacherLogitCache, data: ImageClassificationData, train: Dataset
+    plain_cache: TeacherLogitCache,
+    data: ImageClassificationData,
+    train: Dataset,
+    student: PreTrainedModel,
 ) -> None:
     relabelled = train.map(
         lambda example, i: {"label": (example["label"] + (i == 4)) % 10}, with_indices=True
     )
     with pytest.raises(ValueError, match=r"1 row\(s\) of the split have other labels"):
-        hf_kd.with_cached_teacher_logits(relabelled, plain_cache, preprocessing=PREPROCESSING)
+        hf_kd.with_cached_teacher_logits(
+            relabelled, plain_cache, student=student, preprocessing=PREPROCESSING
+        )
     with pytest.raises(ValueError, match=r"no logits for \d+ row\(s\)"):
         hf_kd.with_cached_teacher_logits(
-            data.splits["test"].select(range(8)), plain_cache, preprocessing=PREPROCESSING
+            data.splits["test"].select(range(8)),
+            plain_cache,
+            student=student,
+            preprocessing=PREPROCESSING,
+        )
+
+
+def test_the_students_classes_are_checked_against_the_cached_teachers(
+    plain_cache: TeacherLogitCache,
+    data: ImageClassificationData,
+    teacher: PreTrainedModel,
+    train: Dataset,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert plain_cache.teacher_id2label == {int(i): name for i, name in data.id2label.items()}
+    # same 10 classes in another order: the cached logit c is another class for the student
+    permuted = {index: data.id2label[(index + 1) % 10] for index in range(10)}
+    students = {
+        "permuted": load_classifier(TEACHER, pretrained=False, id2label=permuted),
+        "fewer": load_classifier(TEACHER, pretrained=False, num_labels=7),
+    }
+    expected = {
+        "permuted": "label maps differ at 10 class index(es)",
+        "fewer": "the teacher predicts 10 classes but the student 7",
+    }
+    for name, student in students.items():
+        with pytest.raises(
+            ValueError, match=re.escape(expected[name])
+        ) as live:  # the live path's check and message
+            check_teacher_matches_student(teacher, student)
+        with pytest.raises(ValueError) as cached:
+            hf_kd.with_cached_teacher_logits(
+                train, plain_cache, student=student, preprocessing=PREPROCESSING
+            )
+        assert str(cached.value) == f"the teacher-logit cache at {plain_cache.path}: {live.value}"
+
+    # a cache made before the class names were recorded: the count is still checked
+    old = tmp_path / "old"
+    shutil.copytree(plain_cache.path, old)
+    metadata = json.loads((old / "metadata.json").read_text())
+    del metadata["teacher_id2label"]
+    (old / "metadata.json").write_text(json.dumps(metadata))
+    old_cache = load_teacher_logit_cache(old)
+    with caplog.at_level("WARNING", logger="hf_kd.logit_cache.storage"):
+        hf_kd.with_cached_teacher_logits(
+            train, old_cache, student=students["permuted"], preprocessing=PREPROCESSING
+        )
+    assert "does not record the teacher's class names" in caplog.text
+    with pytest.raises(ValueError, match="the teacher predicts 10 classes but the student 7"):
+        hf_kd.with_cached_teacher_logits(
+            train, old_cache, student=students["fewer"], preprocessing=PREPROCESSING
         )
 
 
@@ -304,16 +396,16 @@ def test_attaching_rows_or_labels_the_cache_lacks_is_refused(
 
 
 def test_plain_cache_refuses_random_augmentation(
-    plain_cache: TeacherLogitCache, train: Dataset
+    plain_cache: TeacherLogitCache, train: Dataset, student: PreTrainedModel
 ) -> None:
     for augment in ("crop", "default"):
         with pytest.raises(ValueError, match="other pixels than the teacher saw"):
             hf_kd.with_cached_teacher_logits(
-                train, plain_cache, preprocessing=PREPROCESSING, augment=augment
+                train, plain_cache, student=student, preprocessing=PREPROCESSING, augment=augment
             )
     # with the cache's own setting the training transform does not augment
     attached = hf_kd.with_cached_teacher_logits(
-        train, plain_cache, preprocessing=PREPROCESSING, augment="none"
+        train, plain_cache, student=student, preprocessing=PREPROCESSING, augment="none"
     )
     torch.testing.assert_close(
         torch.stack([attached[i]["pixel_values"] for i in range(4)]),
@@ -326,7 +418,7 @@ def test_plain_cache_refuses_random_augmentation(
 
 
 def test_replayed_views_give_the_teacher_logits_of_the_pixels_the_student_sees(
-    teacher: PreTrainedModel, train: Dataset, tmp_path: Path
+    teacher: PreTrainedModel, train: Dataset, tmp_path: Path, student: PreTrainedModel
 ) -> None:
     num_views = 3
     cache = hf_kd.cache_teacher_logits(
@@ -345,7 +437,7 @@ def test_replayed_views_give_the_teacher_logits_of_the_pixels_the_student_sees(
     assert (views[:, 1:] - views[:, :1]).abs().amax() > 1e-3  # the views differ
     # a student with the teacher's preprocessing: its pixels are the teacher's input exactly
     attached = hf_kd.with_cached_teacher_logits(
-        train.shuffle(seed=0), cache, preprocessing=PREPROCESSING
+        train.shuffle(seed=0), cache, student=student, preprocessing=PREPROCESSING
     )
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(
@@ -365,10 +457,13 @@ def test_replayed_views_give_the_teacher_logits_of_the_pixels_the_student_sees(
 
 
 def test_plain_cache_batches_stay_aligned_after_shuffling(
-    plain_cache: TeacherLogitCache, teacher: PreTrainedModel, train: Dataset
+    plain_cache: TeacherLogitCache,
+    teacher: PreTrainedModel,
+    train: Dataset,
+    student: PreTrainedModel,
 ) -> None:
     attached = hf_kd.with_cached_teacher_logits(
-        train.shuffle(seed=1), plain_cache, preprocessing=PREPROCESSING
+        train.shuffle(seed=1), plain_cache, student=student, preprocessing=PREPROCESSING
     )
     torch.manual_seed(1)
     loader = torch.utils.data.DataLoader(

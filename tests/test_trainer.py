@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,10 @@ from distill_helpers import (
     tiny_vit,
 )
 from safetensors import safe_open
-from transformers import TrainerCallback, TrainingArguments
+from transformers import EvalPrediction, TrainerCallback, TrainingArguments
 
 from hf_kd.losses import available_losses
+from hf_kd.metrics import compute_accuracy_metrics
 from hf_kd.preprocessing import ImagePreprocessing
 from hf_kd.teacher import PixelMapping
 from hf_kd.trainer import DistillationTrainer
@@ -236,9 +238,71 @@ def test_evaluate_before_train_reports_student_metrics_without_the_teacher(tmp_p
     assert not any(key.startswith("eval_kd") for key in metrics)
 
 
-def test_eval_with_teacher_reports_every_loss_part(tmp_path):
+class LoopOutputRecorder(DistillationTrainer):
+    """Keeps what each evaluation loop returned."""
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        self.loop_outputs.append(output)
+        return output
+
+
+def test_predict_returns_logits_and_evaluate_keeps_none(tmp_path):
+    student = tiny_vit(num_labels=10, seed=1)
+    dataset = PatternDataset(21, num_classes=10)  # batches of 8, 8, 5
+    trainer = LoopOutputRecorder(
+        model=student, teacher_model=tiny_vit(num_labels=10, seed=2), args=make_args(tmp_path)
+    )
+    trainer.loop_outputs = []
+    metrics = trainer.evaluate(dataset)
+    assert trainer.loop_outputs[-1].predictions is None  # no [N, C] gathered
+    prediction = trainer.predict(dataset)
+
+    with torch.no_grad():
+        logits = student(pixel_values=dataset.pixel_values).logits
+    assert prediction.predictions.dtype == np.float32
+    assert prediction.predictions.shape == (21, 10)
+    np.testing.assert_allclose(prediction.predictions, logits.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(prediction.label_ids, dataset.labels.numpy())
+    accuracy = float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())
+    top5 = np.argsort(-prediction.predictions, axis=-1, kind="stable")[:, :5]
+    top5_accuracy = float((top5 == prediction.label_ids[:, None]).any(axis=1).mean())
+    assert metrics["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["eval_top5_accuracy"] == pytest.approx(top5_accuracy, abs=1e-6)
+    assert 0 < top5_accuracy < 1 and top5_accuracy > accuracy  # the check can tell them apart
+    for name in ("accuracy", "top5_accuracy", "loss"):
+        assert prediction.metrics[f"test_{name}"] == pytest.approx(metrics[f"eval_{name}"])
+
+
+def test_a_user_compute_metrics_gets_the_logits_as_in_the_trainer(tmp_path):
+    student = tiny_vit(num_labels=10, seed=1)
+    dataset = PatternDataset(21, num_classes=10)
+    seen = []
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        seen.append(prediction.predictions)
+        return compute_accuracy_metrics(prediction)
+
+    default = DistillationTrainer(
+        model=student, teacher_model=tiny_vit(num_labels=10, seed=2), args=make_args(tmp_path)
+    )
+    custom = DistillationTrainer(
+        model=student,
+        teacher_model=tiny_vit(num_labels=10, seed=2),
+        args=make_args(tmp_path),
+        compute_metrics=compute_metrics,
+    )
+    expected, metrics = default.evaluate(dataset), custom.evaluate(dataset)
+    assert [predictions.shape for predictions in seen] == [(21, 10)]
+    for name in ("eval_loss", "eval_accuracy", "eval_top5_accuracy"):
+        assert metrics[name] == pytest.approx(expected[name], abs=1e-6)
+
+
+@pytest.mark.parametrize("num_images", [16, 9], ids=["two_full_batches", "short_last_batch"])
+def test_eval_with_teacher_reports_every_loss_part_as_sample_means(tmp_path, num_images):
+    # batches of 8: with 9 images the last batch of 1 weighs 1/9, not 1/2
     student, teacher = tiny_vit(seed=1), sharpened(tiny_vit(seed=2), 30.0)
-    eval_dataset = PatternDataset(16)
+    eval_dataset = PatternDataset(num_images)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -249,11 +313,12 @@ def test_eval_with_teacher_reports_every_loss_part(tmp_path):
     with torch.no_grad():
         student_logits = student(pixel_values=eval_dataset.pixel_values).logits
         teacher_logits = teacher(pixel_values=eval_dataset.pixel_values).logits
-    # two equal batches: the mean of batch means is the mean over the set
+    expected_ce = float(F.cross_entropy(student_logits.double(), eval_dataset.labels))
+    assert metrics["eval_loss"] == pytest.approx(expected_ce, rel=1e-5)
+    assert metrics["eval_ce_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-6)
     expected_kd = hand_kd_loss(student_logits, teacher_logits)
-    assert metrics["eval_kd_loss"] == pytest.approx(expected_kd, rel=1e-4)
-    assert metrics["eval_kd_loss/kd"] == pytest.approx(expected_kd, rel=1e-4)
-    assert metrics["eval_ce_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
+    assert metrics["eval_kd_loss"] == pytest.approx(expected_kd, rel=1e-5)
+    assert metrics["eval_kd_loss/kd"] == pytest.approx(expected_kd, rel=1e-5)
     assert metrics["eval_kd_warmup_factor"] == 1.0
 
 

@@ -260,7 +260,7 @@ def load_example(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_transfer_eval_example_on_a_local_stl10_shaped_dataset(
-    trained_student, stl_shaped, tmp_path, monkeypatch
+    trained_student, stl_shaped, tmp_path, monkeypatch, capsys, progress_bars_on
 ):
     student_dir, dataset_dir = tmp_path / "student", tmp_path / "stl10-shaped"
     save_student(trained_student, student_dir, image_processor=PREPROCESSING)
@@ -277,9 +277,16 @@ def test_transfer_eval_example_on_a_local_stl10_shaped_dataset(
     stl_shaped.eval.to_parquet(dataset_dir / "data" / "test-00000-of-00001.parquet")
 
     argv = ["--model_name_or_path", str(student_dir), "--dataset_name", str(dataset_dir)]
+    capsys.readouterr()
     result = load_example(monkeypatch).main(argv)
+    shown = capsys.readouterr().err  # the progress bars, as the Trainer shows its own
+    train_size, eval_size = len(stl_shaped.train), len(stl_shaped.eval)
+    assert "Extracting features: 100%|" in shown
+    assert f"| {train_size}/{train_size} " in shown and f"| {eval_size}/{eval_size} " in shown
+    assert "Training the linear probe: 100%|" in shown
 
-    in_process = evaluate_transfer(trained_student, stl_shaped, PREPROCESSING)
+    in_process = evaluate_transfer(trained_student, stl_shaped, PREPROCESSING, disable_tqdm=True)
+    assert "Extracting features" not in capsys.readouterr().err
     assert abs(result.top1_accuracy - in_process.top1_accuracy) <= 0.01
     assert (result.eval_split, result.num_classes, result.image_size) == ("test", 10, (32, 32))
     [stored] = read_transfer_results(student_dir)  # default output: the student's folder

@@ -112,6 +112,9 @@ class CacheTeacherLogitsArguments:
     overwrite: bool = field(
         default=False, metadata={"help": "Replace a cache already at --output_path."}
     )
+    disable_tqdm: bool = field(
+        default=False, metadata={"help": "Hide the progress bar over the cached views."}
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Run code shipped with a Hub teacher; only for repositories you trust."},
@@ -171,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> TeacherLogitCache:
         num_workers=args.num_workers,
         overwrite=args.overwrite,
         source={"teacher": args.teacher_model_name_or_path, "dataset": args.dataset_name},
+        disable_tqdm=args.disable_tqdm,
     )
 
 

@@ -26,6 +26,7 @@ def with_cached_teacher_logits(
     split: Dataset,
     cache: TeacherLogitCache,
     *,
+    student: torch.nn.Module,
     preprocessing: ImagePreprocessing,
     augment: Augmentation | None = None,
 ) -> Dataset:
@@ -41,14 +42,21 @@ def with_cached_teacher_logits(
     ``teacher_logits`` (float32 ``[num_classes]``); ``hf_kd.data.collate_image_batch`` stacks
     them, and the trainer then skips the teacher.
 
+    ``student`` is the model that will learn from these logits: its label map must be the
+    teacher's that the cache records (:meth:`TeacherLogitCache.check_student`, the check
+    ``DistillationTrainer`` makes of a live teacher), or its logit ``c`` would be trained
+    towards another class's teacher logit.
+
     Augmentation follows the cache: a cache of plain views (``augment="none"``) trains without
     augmentation; asking for another ``augment`` than the cache's raises, because random
     augmentation would show the student other pixels than the teacher saw.
 
     Raises:
-        ValueError: ``augment`` differs from the cache's, the split lacks ``row_index``, rows
-            absent from the cache, or labels that differ from the cached ones (another dataset).
+        ValueError: the student's classes differ from the cached teacher's, ``augment``
+            differs from the cache's, the split lacks ``row_index``, rows absent from the
+            cache, or labels that differ from the cached ones (another dataset).
     """
+    cache.check_student(student)
     if augment is not None and augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     if augment is not None and augment != cache.augment:

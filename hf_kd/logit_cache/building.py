@@ -35,10 +35,9 @@ from hf_kd.logit_cache.storage import (
     load_teacher_logit_cache,
 )
 from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
-
-LOG_EVERY_BATCHES = 50
 
 
 def cache_teacher_logits(
@@ -59,6 +58,7 @@ def cache_teacher_logits(
     num_workers: int = 0,
     overwrite: bool = False,
     source: Mapping[str, Any] | None = None,
+    disable_tqdm: bool = False,
 ) -> TeacherLogitCache:
     """Run ``teacher`` once over every row (and view) of ``dataset_split``; store its logits.
 
@@ -103,6 +103,7 @@ def cache_teacher_logits(
         num_workers: ``DataLoader`` workers decoding images.
         overwrite: replace a cache already at ``output_path``.
         source: informational names stored in the metadata (teacher and dataset ids).
+        disable_tqdm: hide the progress bar over the views (:func:`hf_kd.progress.progress_bar`).
 
     Returns:
         The cache, loaded.
@@ -140,6 +141,7 @@ def cache_teacher_logits(
             "seed": views.seed,
         },
         "storage": {"autocast": None if autocast_dtype is None else str(autocast_dtype)},
+        "teacher_id2label": _id2label_of(teacher),
     }
     _check_labels(split, getattr(getattr(teacher, "config", None), "num_labels", None))
     writer = CacheWriter(output_path, dtype=dtype, top_k=top_k, overwrite=overwrite)
@@ -157,14 +159,19 @@ def cache_teacher_logits(
     was_training = teacher.training
     teacher.eval()
     started = time.perf_counter()
+    bar = progress_bar(
+        desc="Caching teacher logits", total=len(loader.dataset), unit="view", disable=disable_tqdm
+    )
     try:
-        for step, batch in enumerate(loader, start=1):
-            pixel_values = batch["pixel_values"].to(parameter.device, dtype=parameter.dtype)
-            with torch.inference_mode(), _precision(parameter.device, autocast_dtype):
-                logits = teacher(pixel_values=pixel_values).logits
-            writer.write(batch[ROW_INDEX_COLUMN], batch[VIEW_INDEX_COLUMN], batch["labels"], logits)
-            if step % LOG_EVERY_BATCHES == 0:
-                logger.info("cached %d of %d views", writer.num_records, len(loader.dataset))
+        with bar:
+            for batch in loader:
+                pixel_values = batch["pixel_values"].to(parameter.device, dtype=parameter.dtype)
+                with torch.inference_mode(), _precision(parameter.device, autocast_dtype):
+                    logits = teacher(pixel_values=pixel_values).logits
+                writer.write(
+                    batch[ROW_INDEX_COLUMN], batch[VIEW_INDEX_COLUMN], batch["labels"], logits
+                )
+                bar.update(len(logits))
     finally:
         teacher.train(was_training)
     writer.finish(identity, source=dict(source or {}))
@@ -176,6 +183,14 @@ def cache_teacher_logits(
         output_path,
     )
     return load_teacher_logit_cache(output_path)
+
+
+def _id2label_of(teacher: torch.nn.Module) -> dict[str, str] | None:
+    """The teacher's class name per logit index (JSON keys), ``None`` without a config."""
+    config = getattr(teacher, "config", None)
+    if config is None:
+        return None
+    return {str(index): str(name) for index, name in config.id2label.items()}
 
 
 def _precision(

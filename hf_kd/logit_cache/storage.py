@@ -4,7 +4,8 @@ A cache is a directory::
 
     <output_path>/logits.parquet   one record per (row, view), written batch by batch
     <output_path>/metadata.json    identities (teacher, dataset, split, preprocessing, views),
-                                   storage (dtype, top_k, classes), fingerprint; written last
+                                   the teacher's id2label, storage (dtype, top_k, classes),
+                                   fingerprint; written last
 
 ``logits.parquet`` loads with ``datasets.Dataset.from_parquet`` (or pandas, pyarrow). Its
 columns: ``row_index`` (int64), ``view_index`` (int64), ``label`` (int64) and either
@@ -28,6 +29,7 @@ the mass for ImageNet-scale heads.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -51,6 +53,9 @@ from hf_kd.logit_cache.fingerprint import (
     teacher_identity,
 )
 from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.teacher import check_same_classes
+
+logger = logging.getLogger(__name__)
 
 StorageDtype = Literal["float16", "float32"]
 STORAGE_DTYPES: tuple[str, ...] = get_args(StorageDtype)
@@ -127,6 +132,38 @@ class TeacherLogitCache:
             std=tuple(fields["std"]),
             interpolation=fields["interpolation"],
         )
+
+    @property
+    def teacher_id2label(self) -> dict[int, str] | None:
+        """The teacher's class name of each logit index; ``None`` when the cache does not
+        record it (a teacher without a config, or a cache made before hf-kd recorded it)."""
+        stored = self.metadata.get("teacher_id2label")
+        return None if stored is None else {int(index): name for index, name in stored.items()}
+
+    def check_student(self, student: torch.nn.Module) -> None:
+        """Raise ``ValueError`` unless ``student``'s logit ``c`` means the cached teacher's
+        class ``c``: :func:`hf_kd.teacher.check_same_classes`, the check of a live teacher.
+
+        A cache that does not record the teacher's class names (made by an earlier hf-kd) is
+        accepted when the class counts agree, with a warning that the order is unchecked, as
+        for a live teacher without class names. A student without a config is not checked.
+        """
+        student_config = getattr(student, "config", None)
+        if student_config is None:
+            return
+        teacher_id2label = self.teacher_id2label
+        if teacher_id2label is None:
+            logger.warning(
+                "the teacher-logit cache at %s does not record the teacher's class names "
+                "(made by an earlier hf-kd): only the number of classes is checked; rebuild "
+                "it to check the class order",
+                self.path,
+            )
+            teacher_id2label = {index: f"LABEL_{index}" for index in range(self.num_classes)}
+        try:
+            check_same_classes(teacher_id2label, student_config.id2label)
+        except ValueError as error:
+            raise ValueError(f"the teacher-logit cache at {self.path}: {error}") from error
 
     def positions(self, row_indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Positions of ``row_indices`` in the cache; ``ValueError`` naming rows it lacks."""

@@ -11,34 +11,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for distill_helpers
 
+from ddp_script import parse_arguments, write_result
 from distill_helpers import PatternDataset, tiny_timm_deit, tiny_vit
 
-from hf_kd.arguments import DistillationArguments
 from hf_kd.trainer import DistillationTrainer
 
 
-@dataclass
-class ScriptArguments:
-    result_file: str = field(metadata={"help": "Each rank writes RESULT_FILE.rank<r>.json."})
-    student: str = field(
-        default="vit",
-        metadata={"help": "'vit', or 'timm_deit_token': timm's DeiT with a distillation token."},
-    )
-
-
 def main() -> None:
-    torch.set_num_threads(1)
-    script_args, args = HfArgumentParser(
-        (ScriptArguments, DistillationArguments)
-    ).parse_args_into_dataclasses()
+    script_args, args = parse_arguments()
     make_student = {"vit": tiny_vit, "timm_deit_token": tiny_timm_deit}[script_args.student]
     student, teacher = make_student(seed=1), tiny_vit(seed=2)
     initial_weights = torch.nn.utils.parameters_to_vector(student.parameters()).detach().clone()
@@ -76,8 +62,7 @@ def main() -> None:
         "saved_files": sorted(os.listdir(args.output_dir)),
         "card": json.loads((Path(args.output_dir) / "student_card.json").read_text()),
     }
-    path = Path(f"{script_args.result_file}.rank{accelerator.process_index}.json")
-    path.write_text(json.dumps(result, indent=2))
+    write_result(script_args, accelerator.process_index, result)
 
 
 if __name__ == "__main__":
