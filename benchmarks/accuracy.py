@@ -106,6 +106,9 @@ class TierConfig:
     num_views: int = 4  # 0: live teacher, fresh augmentation every epoch
     seeds: tuple[int, ...] = (0, 1, 2)
     torch_threads: int = 2
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw"
+    # keyword arguments of timm.create_model for the student (e.g. a small ViT's sizes)
+    student_model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stem(self) -> str:
@@ -165,6 +168,8 @@ class StudentSpec:
     logit_standardization: bool = False
     ce_only: bool = False
     loss_overrides: dict[str, Any] = field(default_factory=dict)
+    # other DistillationArguments of this student (e.g. distillation_token_loss)
+    argument_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 METHODS = (
@@ -332,13 +337,19 @@ def collate(examples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
 def build_optimizer(
     model: torch.nn.Module, tier: TierConfig, epochs: float, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD with the tier's schedule: per-step cosine to 0, or x0.1 at each milestone epoch."""
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=tier.learning_rate,
-        momentum=tier.momentum,
-        weight_decay=tier.weight_decay,
-    )
+    """The tier's optimizer (SGD with momentum, or AdamW) with its schedule: per-step cosine
+    to 0, or x0.1 at each milestone epoch."""
+    if tier.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=tier.learning_rate, weight_decay=tier.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=tier.learning_rate,
+            momentum=tier.momentum,
+            weight_decay=tier.weight_decay,
+        )
     total_steps = max(1, math.ceil(epochs * steps_per_epoch))
 
     def factor(step: int) -> float:
@@ -484,7 +495,11 @@ def distillation_arguments(
     common = common_training_kwargs(tier, tier.student_epochs, seed, output_dir)
     if spec.ce_only:
         return DistillationArguments(
-            **common, distillation_method=spec.method, ce_weight=1.0, kd_weight=0.0
+            **common,
+            **spec.argument_overrides,
+            distillation_method=spec.method,
+            ce_weight=1.0,
+            kd_weight=0.0,
         )
     chosen = preset(spec.method, "cifar100", logit_standardization=spec.logit_standardization)
     loss_kwargs = dict(spec.loss_overrides)
@@ -492,6 +507,7 @@ def distillation_arguments(
         loss_kwargs.setdefault("category_warmup_epochs", tier.scaled_warmup(20))
     return DistillationArguments(
         **common,
+        **spec.argument_overrides,
         distillation_method=spec.method,
         distillation_preset="cifar100",
         logit_standardization=spec.logit_standardization,
@@ -509,11 +525,13 @@ def train_student(
     work_dir: Path,
     teacher_logits: tuple[Tensor, Tensor] | None = None,
     teacher: PreTrainedModel | None = None,
+    extra_metrics: Callable[[PreTrainedModel, TensorData], dict[str, Any]] | None = None,
 ) -> dict:
     """Distil one student; its record.
 
     ``teacher_logits``: ``(view_params, logits)`` of the cached replayed views; without it,
-    fresh augmentation every epoch and the live ``teacher``.
+    fresh augmentation every epoch and the live ``teacher``. ``extra_metrics(student,
+    data)``: more entries for the record, measured on the trained student.
     """
     args = distillation_arguments(spec, tier, seed, work_dir / f"student_{spec.name}")
     set_seed(seed)
@@ -521,6 +539,7 @@ def train_student(
         tier.student_architecture,
         id2label=dict(enumerate(data.label_names)),
         pretrained=False,
+        model_kwargs=tier.student_model_kwargs,
     )
     view_params, cached_logits = teacher_logits if teacher_logits is not None else (None, None)
     dataset = AugmentedImages(
@@ -538,8 +557,8 @@ def train_student(
     )
     trainer.train()
     wall = time.perf_counter() - started
-    objective = args.resolve_objective()
-    return {
+    objective = trainer.objective
+    record = {
         "run": f"{spec.name}_seed{seed}",
         "name": spec.name,
         "method": spec.method,
@@ -550,6 +569,7 @@ def train_student(
         "wall_time_s": wall,
         "epochs": tier.student_epochs,
         "objective": {
+            "method": objective.method,
             "ce_weight": objective.ce_weight,
             "kd_weight": objective.kd_weight,
             "warmup_epochs": objective.warmup_epochs,
@@ -557,6 +577,9 @@ def train_student(
             "loss_kwargs": objective.loss_kwargs,
         },
     }
+    if extra_metrics is not None:
+        record.update(extra_metrics(student, data))
+    return record
 
 
 # ---- records and schedule ----

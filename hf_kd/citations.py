@@ -51,9 +51,18 @@ BIBTEX: dict[str, str] = {
   pages     = {15731--15740},
   year      = {2024}
 }""",
+    "touvron2021training": """@inproceedings{touvron2021training,
+  title     = {Training data-efficient image transformers \\& distillation through attention},
+  author    = {Touvron, Hugo and Cord, Matthieu and Douze, Matthijs and Massa, Francisco and
+               Sablayrolles, Alexandre and J{\\'e}gou, Herv{\\'e}},
+  booktitle = {Proceedings of the 38th International Conference on Machine Learning (ICML)},
+  pages     = {10347--10357},
+  year      = {2021}
+}""",
 }
 
 LOGIT_STANDARDIZATION_CITATION = "sun2024logit"
+DISTILLATION_TOKEN_CITATION = "touvron2021training"
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,12 @@ METHODS: dict[str, MethodInfo] = {
         ("wang2024multi",),
         reconstructed=True,
     ),
+    "hard": MethodInfo(
+        "hard distillation",
+        "cross-entropy against the teacher's top-1 class, DeiT's hard distillation "
+        "(Touvron et al., ICML 2021)",
+        ("touvron2021training",),
+    ),
 }
 
 
@@ -119,9 +134,14 @@ def method_info(method: str) -> MethodInfo:
     )
 
 
-def citations_for(method: str, *, logit_standardization: bool = False) -> list[str]:
-    """BibTeX entries to cite for ``method``, plus the LS paper when it was used."""
+def citations_for(
+    method: str, *, logit_standardization: bool = False, distillation_token: bool = False
+) -> list[str]:
+    """BibTeX entries to cite for ``method``, plus the LS paper when it was used and DeiT's
+    when the student has a distillation token."""
     keys = list(method_info(method).citation_keys)
     if logit_standardization:
         keys.append(LOGIT_STANDARDIZATION_CITATION)
+    if distillation_token and DISTILLATION_TOKEN_CITATION not in keys:
+        keys.append(DISTILLATION_TOKEN_CITATION)
     return [BIBTEX[key] for key in keys]

@@ -283,6 +283,17 @@ def latest_eval_accuracies(
     return None, None
 
 
+def latest_head_accuracies(
+    log_history: list[dict[str, Any]],
+) -> tuple[float | None, float | None]:
+    """``(eval_cls_accuracy, eval_distillation_accuracy)``, each head's top-1 of a
+    distillation-token student, from the latest evaluation that has them."""
+    for entry in reversed(log_history):
+        if "eval_cls_accuracy" in entry:
+            return entry["eval_cls_accuracy"], entry.get("eval_distillation_accuracy")
+    return None, None
+
+
 def _plain(value: object) -> object:
     """Enums (optimizer, scheduler names) as their string value, for JSON and the card."""
     return getattr(value, "value", value)
@@ -298,7 +309,10 @@ class StudentCard:
     **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
     measured on ``eval_split`` of ``training.dataset``. The usage snippets load ``repo_id``
     when the student is on the Hub, else ``local_dir``, the folder the card was written to.
-    ``framework_versions`` are those of the training run.
+    ``framework_versions`` are those of the training run. ``distillation_token``: the
+    student has a distillation token (DeiT): its class head learns CE, its distillation head
+    the loss, its prediction (``eval_accuracy``) averages both; ``eval_cls_accuracy`` and
+    ``eval_distillation_accuracy`` are each head's top-1.
     """
 
     model_name: str
@@ -324,6 +338,9 @@ class StudentCard:
     hub_metadata: HubMetadata = field(default_factory=HubMetadata)
     framework_versions: dict[str, str] = field(default_factory=dict)
     local_dir: str | None = None
+    distillation_token: bool = False
+    eval_cls_accuracy: float | None = None
+    eval_distillation_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -448,9 +465,12 @@ def _value(value: object) -> str:
 def template_context(card: StudentCard) -> dict[str, Any]:
     """The variables of the ``student_card.md`` template, formatted for display."""
     method = method_info(card.method)
+    averaged = " of the averaged heads" if card.distillation_token else ""
     accuracies = [
-        ("Student (top-1)", card.eval_accuracy),
-        ("Student (top-5)", card.eval_top5_accuracy),
+        (f"Student (top-1{averaged})", card.eval_accuracy),
+        (f"Student (top-5{averaged})", card.eval_top5_accuracy),
+        ("Student's class head (top-1)", card.eval_cls_accuracy),
+        ("Student's distillation head (top-1)", card.eval_distillation_accuracy),
         ("Teacher (top-1)", card.teacher_eval_accuracy),
     ]
     results = [
@@ -519,7 +539,12 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "is_timm": card.student.library == "timm",
         "framework_versions": card.framework_versions,
         "eval_splits": _eval_splits(card),
-        "citations": citations_for(card.method, logit_standardization=card.logit_standardization),
+        "distillation_token": card.distillation_token,
+        "citations": citations_for(
+            card.method,
+            logit_standardization=card.logit_standardization,
+            distillation_token=card.distillation_token,
+        ),
     }
 
 

@@ -17,7 +17,10 @@ How ``load_classifier`` reads a name (the first rule that matches wins):
    timm's pretrained weights;
 4. a transformers model type (a key of ``transformers.CONFIG_MAPPING``: ``vit``,
    ``convnext``, ``resnet``, ...), random init only: ``AutoConfig.for_model(type,
-   **model_kwargs)``; no timm architecture has such a bare name;
+   **model_kwargs)``; no timm architecture has such a bare name. The config's
+   ``architectures`` chooses among a type's image classifiers, as in a checkpoint: ``deit``
+   with ``{"architectures": ["DeiTForImageClassificationWithTeacher"]}`` builds the DeiT
+   with a distillation token;
 5. anything else: a transformers Hub id.
 
 The label maps ``id2label``/``label2id`` always end up in the config, so they are saved

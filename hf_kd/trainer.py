@@ -70,6 +70,12 @@ from transformers.trainer_utils import EvalLoopOutput, HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress
 
 from hf_kd.arguments import DistillationArguments
+from hf_kd.distillation_token import (
+    enable_distilled_training,
+    forward_heads,
+    has_distillation_token,
+    head_accuracy_means,
+)
 from hf_kd.eval_samples import samples_kept_by_gather
 from hf_kd.hub import copy_student_files, push_student_to_hub, save_student
 from hf_kd.losses import build_loss
@@ -82,6 +88,7 @@ from hf_kd.model_card import (
     TrainingSetup,
     framework_versions,
     latest_eval_accuracies,
+    latest_head_accuracies,
     write_model_card,
 )
 from hf_kd.preprocessing import ImagePreprocessing
@@ -259,7 +266,11 @@ class DistillationTrainer(Trainer):
         self.student_preprocessing = student_preprocessing
         self._inference_speed: InferenceSpeed | None = None
         self._hub_client: HfApi | None = None
-        self.objective = args.resolve_objective()
+        # A student with a distillation token (DeiT) trains its two heads apart.
+        self.distillation_token = self.model is not None and has_distillation_token(self.model)
+        if self.distillation_token:
+            enable_distilled_training(self.model)
+        self.objective = args.resolve_objective(distillation_token=self.distillation_token)
         # Values are checked on the first step and at log time, not by a sync in every step.
         self.distillation_loss = build_loss(
             self.objective.method, **self.objective.loss_kwargs, check_values=False
@@ -295,6 +306,8 @@ class DistillationTrainer(Trainer):
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
         model = super().call_model_init(trial)
+        if has_distillation_token(model):
+            enable_distilled_training(model)
         if self.args.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
@@ -315,7 +328,11 @@ class DistillationTrainer(Trainer):
         return (self.state.epoch or 0.0) + 1.0
 
     def distillation_objective(
-        self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        labels: Tensor,
+        distillation_logits: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor | float]]:
         """``total = ce_weight * CE + kd_weight * w(epoch) * loss`` and its logged parts.
 
@@ -323,13 +340,20 @@ class DistillationTrainer(Trainer):
         ``kd_loss/<term>`` for every term and ``kd_warmup_factor`` (``w``). CE takes the raw
         student logits in float32 and ``--label_smoothing_factor`` (0 by default, as in the
         official code); the loss gets the 1-based fractional epoch (MCLD's category warm-up).
+        For a distillation-token student ``student_logits`` is the class head's ``z_cls``
+        (CE) and ``distillation_logits`` the distillation head's ``z_dist`` (the loss);
+        otherwise both terms read ``student_logits``.
         """
+        if distillation_logits is None:
+            distillation_logits = student_logits
         epoch = self.current_epoch()
         warmup_factor = self.objective.kd_warmup_factor(epoch)
         ce_loss = F.cross_entropy(
             student_logits.float(), labels, label_smoothing=self.args.label_smoothing_factor
         )
-        distillation = self.distillation_loss(student_logits, teacher_logits, labels, epoch=epoch)
+        distillation = self.distillation_loss(
+            distillation_logits, teacher_logits, labels, epoch=epoch
+        )
         total = (
             self.objective.ce_weight * ce_loss
             + self.objective.kd_weight * warmup_factor * distillation.loss
@@ -359,18 +383,35 @@ class DistillationTrainer(Trainer):
         # backward needs, are allocated, so the two never add up at the memory peak.
         with self.accelerator.autocast():
             teacher_logits = self.teacher(inputs)
-        student_outputs = model(pixel_values=inputs["pixel_values"])
-        student_logits = student_outputs.logits
+        student_outputs = self.student_forward(model, inputs["pixel_values"])
+        # a distillation-token student: CE on the class head, the loss on the distillation
+        # head (their average, ``logits``, is its prediction); otherwise both on ``logits``
+        student_logits = getattr(student_outputs, "cls_logits", None)
+        if student_logits is None:
+            student_logits = student_outputs.logits
+        distillation_logits = getattr(student_outputs, "distillation_logits", None)
         if not self._inputs_validated:
             # One host sync on the first step: label range and finite logits. Later steps
             # count non-finite logits on the device and log() checks them.
-            check_logits_and_labels(student_logits, teacher_logits, labels, check_values=True)
+            check_logits_and_labels(
+                student_outputs.logits, teacher_logits, labels, check_values=True
+            )
             self._inputs_validated = True
-        total, logged = self.distillation_objective(student_logits, teacher_logits, labels)
-        logged[NONFINITE_STUDENT] = (~torch.isfinite(student_logits.detach())).sum()
+        total, logged = self.distillation_objective(
+            student_logits, teacher_logits, labels, distillation_logits
+        )
+        logged[NONFINITE_STUDENT] = (~torch.isfinite(student_outputs.logits.detach())).sum()
         logged[NONFINITE_TEACHER] = (~torch.isfinite(teacher_logits)).sum()
         self._train_means.add(logged)
         return (total, student_outputs) if return_outputs else total
+
+    def student_forward(self, model: nn.Module, pixel_values: Tensor) -> Any:
+        """The student's output on ``pixel_values``: ``logits``, and for a
+        distillation-token student also ``cls_logits`` and ``distillation_logits``
+        (:func:`hf_kd.distillation_token.forward_heads`); one forward either way."""
+        if not self.distillation_token:
+            return model(pixel_values=pixel_values)
+        return forward_heads(model, self.accelerator.unwrap_model(model), pixel_values)
 
     # ---- evaluation ----
 
@@ -393,18 +434,22 @@ class DistillationTrainer(Trainer):
             # Explicit autocast: before train() the student has not been prepared by
             # Accelerate, so its forward is not yet wrapped in the run's mixed precision.
             with self.accelerator.autocast():
-                student_logits = model(pixel_values=inputs["pixel_values"]).logits
-            student_logits = student_logits.float()
+                student_outputs = self.student_forward(model, inputs["pixel_values"])
+            student_logits = student_outputs.logits.float()
             loss = None
             if labels is not None:
                 loss = F.cross_entropy(student_logits, labels)
-                self._add_eval_means(inputs, student_logits, labels)
+                self._add_eval_means(inputs, student_logits, labels, student_outputs)
         if prediction_loss_only:
             return loss, None, None
         return loss, student_logits, labels
 
     def _add_eval_means(
-        self, inputs: dict[str, Any], student_logits: Tensor, labels: Tensor
+        self,
+        inputs: dict[str, Any],
+        student_logits: Tensor,
+        labels: Tensor,
+        student_outputs: Any = None,
     ) -> None:
         """Add the batch's means over its real samples, weighted by their number.
 
@@ -412,7 +457,9 @@ class DistillationTrainer(Trainer):
         Accelerate's padding of the last batch under DDP), so every mean is exact over the
         evaluation set. ``loss`` is the student's cross-entropy; ``accuracy`` and
         ``top5_accuracy`` unless the user gave ``compute_metrics``; ``ce_loss``, ``kd_loss``
-        and the loss terms with ``args.eval_with_teacher``.
+        and the loss terms with ``args.eval_with_teacher``; for a distillation-token student
+        (``student_outputs`` with both heads) each head's accuracy, and the loss parts of
+        each head's objective.
         """
         kept = samples_kept_by_gather(self.accelerator, labels.shape[0])
         # A process whose batch is all padding adds its names with weight 0 (the read is
@@ -422,10 +469,17 @@ class DistillationTrainer(Trainer):
         values: dict[str, Tensor | float] = {"loss": F.cross_entropy(logits, real_labels)}
         if self.compute_metrics is None:
             values.update(accuracy_means(logits, real_labels))
+        cls_logits, distillation_logits = logits, None
+        if self.distillation_token:
+            cls_logits = student_outputs.cls_logits[real].float()
+            distillation_logits = student_outputs.distillation_logits[real].float()
+            values.update(head_accuracy_means(cls_logits, distillation_logits, real_labels))
         if self.args.eval_with_teacher:
             with self.accelerator.autocast():
                 teacher_logits = self.teacher(inputs)
-            _, logged = self.distillation_objective(logits, teacher_logits[real], real_labels)
+            _, logged = self.distillation_objective(
+                cls_logits, teacher_logits[real], real_labels, distillation_logits
+            )
             values.update(logged)
         self._eval_means.add(values, weight=kept)
 
@@ -553,6 +607,7 @@ class DistillationTrainer(Trainer):
         names the student's initialisation; ``hub_metadata`` adds to the card's metadata.
         """
         accuracy, top5_accuracy = latest_eval_accuracies(self.state.log_history)
+        cls_accuracy, distillation_accuracy = latest_head_accuracies(self.state.log_history)
         loss_hyperparameters = {
             name: value
             for name, value in self.distillation_loss.hyperparameters().items()
@@ -590,6 +645,9 @@ class DistillationTrainer(Trainer):
             repo_id=repo_id,
             hub_metadata=hub_metadata or HubMetadata(),
             framework_versions=framework_versions(),
+            distillation_token=self.distillation_token,
+            eval_cls_accuracy=cls_accuracy,
+            eval_distillation_accuracy=distillation_accuracy,
         )
 
     def create_model_card(

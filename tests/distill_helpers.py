@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 from transformers import (
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
     TimmWrapperConfig,
     TimmWrapperForImageClassification,
     ViTConfig,
@@ -13,6 +15,7 @@ from transformers import (
 )
 
 from hf_kd.arguments import DistillationArguments
+from hf_kd.models import load_classifier
 
 NUM_CLASSES = 5
 IMAGE_SIZE = 16
@@ -20,6 +23,33 @@ IMAGE_SIZE = 16
 
 def class_names(num_classes: int = NUM_CLASSES) -> dict[int, str]:
     return {index: f"shape_{index}" for index in range(num_classes)}
+
+
+# the encoder of the tiny transformers students: 2 layers of width 32, 4x4 patches
+TINY_TRANSFORMER = {
+    "patch_size": 4,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+TINY_TIMM_DEIT_KWARGS = {
+    "img_size": IMAGE_SIZE,
+    "patch_size": 4,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+}
+
+
+def label_config(num_labels: int, id2label: dict[int, str] | None = None) -> dict[str, Any]:
+    """``num_labels``, ``id2label`` and ``label2id`` for a config (default class names)."""
+    id2label = id2label if id2label is not None else class_names(num_labels)
+    return {
+        "num_labels": num_labels,
+        "id2label": id2label,
+        "label2id": {name: index for index, name in id2label.items()},
+    }
 
 
 def tiny_vit(
@@ -30,17 +60,8 @@ def tiny_vit(
 ) -> ViTForImageClassification:
     """A 2-layer ViT with hidden size 32: about 30k parameters."""
     torch.manual_seed(seed)
-    id2label = id2label if id2label is not None else class_names(num_labels)
     config = ViTConfig(
-        image_size=image_size,
-        patch_size=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=num_labels,
-        id2label=id2label,
-        label2id={name: index for index, name in id2label.items()},
+        image_size=image_size, **TINY_TRANSFORMER, **label_config(num_labels, id2label)
     )
     return ViTForImageClassification(config)
 
@@ -50,14 +71,31 @@ def tiny_timm(
 ) -> TimmWrapperForImageClassification:
     """A timm student behind transformers' wrapper (GroupNorm: no batch statistics)."""
     torch.manual_seed(seed)
-    id2label = class_names(num_labels)
-    config = TimmWrapperConfig(
-        architecture=architecture,
-        num_labels=num_labels,
-        id2label=id2label,
-        label2id={name: index for index, name in id2label.items()},
-    )
+    config = TimmWrapperConfig(architecture=architecture, **label_config(num_labels))
     return TimmWrapperForImageClassification(config)
+
+
+def tiny_timm_deit(
+    num_labels: int = NUM_CLASSES, seed: int = 0
+) -> TimmWrapperForImageClassification:
+    """timm's DeiT with a distillation token (``VisionTransformerDistilled``), 16x16 input,
+    width 32, 2 blocks, built the way hf-kd builds timm students."""
+    torch.manual_seed(seed)
+    return load_classifier(
+        "deit_tiny_distilled_patch16_224",
+        id2label=class_names(num_labels),
+        pretrained=False,
+        model_kwargs=TINY_TIMM_DEIT_KWARGS,
+    )
+
+
+def tiny_deit(
+    num_labels: int = NUM_CLASSES, seed: int = 0
+) -> DeiTForImageClassificationWithTeacher:
+    """transformers' DeiT with a distillation token, 16x16 input, width 32, 2 layers."""
+    torch.manual_seed(seed)
+    config = DeiTConfig(image_size=IMAGE_SIZE, **TINY_TRANSFORMER, **label_config(num_labels))
+    return DeiTForImageClassificationWithTeacher(config)
 
 
 def sharpened(model: ViTForImageClassification, factor: float) -> ViTForImageClassification:

@@ -38,6 +38,7 @@ def test_help_documents_every_field(capsys):
     usage = capsys.readouterr().out
     assert set(DISTILLATION_FIELDS) == {
         "distillation_method",
+        "distillation_token_loss",
         "distillation_preset",
         "ce_weight",
         "kd_weight",

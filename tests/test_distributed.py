@@ -78,10 +78,13 @@ def launch_two_processes(script: Path, tmp_path: Path, *script_arguments: str) -
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_two_process_data_parallel_run(tmp_path):
+@pytest.mark.parametrize("student", ["vit", "timm_deit_token"])
+def test_two_process_data_parallel_run(tmp_path, student):
     results = launch_two_processes(
         SCRIPT,
         tmp_path,
+        "--student",
+        student,
         "--distillation_method",
         "kd",
         "--per_device_train_batch_size",
@@ -116,7 +119,10 @@ def test_two_process_data_parallel_run(tmp_path):
     # The loss parts are averaged over both processes at log time: every rank logs the same
     # values, and they add up to the Trainer's own all-process mean loss (weights 1, w = 1).
     assert results[1]["training_logs"] == logs
-    for key in ("eval_loss", "eval_accuracy", "eval_top5_accuracy"):
+    eval_keys = ["eval_loss", "eval_accuracy", "eval_top5_accuracy"]
+    if student == "timm_deit_token":  # each head's accuracy, over both processes' samples
+        eval_keys += ["eval_cls_accuracy", "eval_distillation_accuracy"]
+    for key in eval_keys:
         assert results[1]["eval_metrics"][key] == results[0]["eval_metrics"][key]
     for log in logs:
         assert log["loss"] == pytest.approx(log["ce_loss"] + log["kd_loss"], rel=1e-5)

@@ -14,8 +14,11 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoModelForImageClassification
+from safetensors.torch import load_file
+from timm.models.deit import VisionTransformerDistilled
+from transformers import AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
 
+from hf_kd.distillation_token import has_distillation_token
 from hf_kd.model_card import CARD_DATA_FILE, TRAINING_CURVES_FILE
 from hf_kd.models import count_parameters, load_classifier
 from tests.hub_client import (
@@ -107,6 +110,57 @@ def test_default_story_trains_teacher_distils_saves_and_reuses_teacher(
     second = example.main()
     assert os.stat(teacher_weights).st_mtime_ns == modified
     assert second["teacher_eval_accuracy"] == pytest.approx(results["teacher_eval_accuracy"])
+
+
+# students with a distillation token: timm's distilled DeiT by name, transformers' DeiT with
+# teacher as the model type "deit" whose config names that class
+TOKEN_STUDENTS = {
+    "timm": [
+        "--student_model_name_or_path", "deit_tiny_distilled_patch16_224",
+        "--student_model_kwargs",
+        '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}',
+    ],
+    "transformers": [
+        "--student_model_name_or_path", "deit",
+        "--student_model_kwargs",
+        '{"architectures": ["DeiTForImageClassificationWithTeacher"], "image_size": 32, '
+        '"patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, '
+        '"intermediate_size": 64}',
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", sorted(TOKEN_STUDENTS))
+def test_distillation_token_students_train_and_reload_with_both_heads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, library: str
+) -> None:
+    example = load_example(monkeypatch)
+    output_dir = tmp_path / "run"
+    argv = ["distill_vit.py", "--output_dir", str(output_dir), *TINY_BUDGET]
+    monkeypatch.setattr(sys, "argv", [*argv, *TOKEN_STUDENTS[library]])
+    metrics = example.main()
+    for key in ("eval_accuracy", "eval_cls_accuracy", "eval_distillation_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    logs = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert any("kd_loss/instance" in log for log in logs)  # the token learns the default MCLD
+
+    student = load_classifier(str(output_dir)).eval()
+    assert has_distillation_token(student)
+    trained = load_file(output_dir / "model.safetensors")
+    if library == "timm":
+        via_timm = timm.create_model(f"local-dir:{output_dir}", pretrained=True)
+        assert isinstance(via_timm, VisionTransformerDistilled)
+        heads = via_timm.state_dict()
+        for key in ("head.weight", "head_dist.weight"):
+            torch.testing.assert_close(heads[key], trained[key], rtol=0, atol=0)  # timm layout
+    else:
+        assert isinstance(student, DeiTForImageClassificationWithTeacher)
+        for key in ("cls_classifier.weight", "distillation_classifier.weight"):
+            torch.testing.assert_close(student.state_dict()[key], trained[key], rtol=0, atol=0)
+    card = json.loads((output_dir / CARD_DATA_FILE).read_text())
+    assert card["distillation_token"] is True
+    assert card["eval_distillation_accuracy"] == metrics["eval_distillation_accuracy"]
 
 
 @pytest.mark.slow

@@ -10,7 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate.utils import is_compiled_module
-from distill_helpers import PatternDataset, make_args, sharpened, tiny_timm, tiny_vit
+from distill_helpers import (
+    PatternDataset,
+    make_args,
+    sharpened,
+    tiny_deit,
+    tiny_timm,
+    tiny_timm_deit,
+    tiny_vit,
+)
 from transformers import TimmWrapperForImageClassification, TrainerCallback
 
 from hf_kd.host_sync import HostSync, HostSyncRecorder
@@ -83,6 +91,14 @@ def lean_step_trainer(tmp_path, setting: str, **overrides) -> DistillationTraine
             train_dataset=PatternDataset(32),
             **MAPPED,
         )
+    if setting in ("timm_deit_token", "deit_token"):
+        make_student = tiny_timm_deit if setting == "timm_deit_token" else tiny_deit
+        return DistillationTrainer(
+            model=make_student(seed=1),
+            teacher_model=tiny_vit(seed=2),
+            args=make_args(tmp_path, **values),
+            train_dataset=PatternDataset(32),
+        )
     if setting == "cached":
         cached_logits = torch.randn(32, 5, generator=torch.Generator().manual_seed(0))
         return DistillationTrainer(
@@ -98,7 +114,9 @@ def lean_step_trainer(tmp_path, setting: str, **overrides) -> DistillationTraine
     )
 
 
-@pytest.mark.parametrize("setting", ["mapped", "cached", "channels_last_cnn"])
+@pytest.mark.parametrize(
+    "setting", ["mapped", "cached", "channels_last_cnn", "timm_deit_token", "deit_token"]
+)
 def test_no_host_sync_after_the_first_step(tmp_path, setting):
     trainer = lean_step_trainer(tmp_path, setting)
     first, *later = train_recording_syncs(trainer)

@@ -147,6 +147,7 @@ EXPECTED_CITATIONS = {
     "normkd_dkd": ["chi2023normkd", "zhao2022decoupled"],
     "rld": ["sun2024refined"],
     "mcld": ["wang2024multi"],
+    "hard": ["touvron2021training"],
 }
 
 

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from distill_helpers import PatternDataset, make_args, sharpened, tiny_timm, tiny_vit
+from distill_helpers import (
+    PatternDataset,
+    make_args,
+    sharpened,
+    tiny_deit,
+    tiny_timm,
+    tiny_timm_deit,
+    tiny_vit,
+)
 from safetensors import safe_open
 from transformers import EvalPrediction, TrainerCallback, TrainingArguments
 
@@ -52,7 +60,11 @@ def assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.
         torch.testing.assert_close(first[name], second[name], rtol=0, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("make_student", [tiny_vit, tiny_timm], ids=["vit", "timm"])
+@pytest.mark.parametrize(
+    "make_student",
+    [tiny_vit, tiny_timm, tiny_timm_deit, tiny_deit],
+    ids=["vit", "timm", "timm_deit_token", "deit_token"],
+)
 def test_gradient_accumulation_equals_one_large_batch(tmp_path, make_student):
     results = {}
     for batch_size, accumulation in ((8, 1), (4, 2)):
@@ -81,11 +93,22 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, make_student):
     assert_same_weights(accumulated_weights, large_weights)
 
 
-def test_resume_from_checkpoint_keeps_weights_and_warmup(tmp_path):
+@pytest.mark.parametrize(
+    ("make_student", "make_teacher", "teacher_prefix"),
+    [
+        (tiny_vit, tiny_timm, "timm_model"),
+        (tiny_timm_deit, tiny_vit, "vit."),
+        (tiny_deit, tiny_timm, "timm_model"),
+    ],
+    ids=["vit", "timm_deit_token", "deit_token"],
+)
+def test_resume_from_checkpoint_keeps_weights_and_warmup(
+    tmp_path, make_student, make_teacher, teacher_prefix
+):
     def run(output_dir: Path, resume_from: Path | None = None) -> DistillationTrainer:
         trainer = DistillationTrainer(
-            model=tiny_vit(seed=1 if resume_from is None else 7),
-            teacher_model=tiny_timm(seed=2),
+            model=make_student(seed=1 if resume_from is None else 7),
+            teacher_model=make_teacher(seed=2),
             args=make_args(
                 output_dir,
                 per_device_train_batch_size=4,
@@ -114,7 +137,7 @@ def test_resume_from_checkpoint_keeps_weights_and_warmup(tmp_path):
     assert resumed_factors == pytest.approx(expected[6:])
 
     # The checkpoint holds the student alone: as many tensors and values as the student (ViT
-    # keys are saved under their legacy names), none of the teacher's (timm) tensors, and
+    # keys are saved under their legacy names), none of the teacher's tensors, and
     # optimizer state for exactly the student's parameters.
     student_state = uninterrupted.model.state_dict()
     saved_keys, saved_values = [], 0
@@ -125,7 +148,7 @@ def test_resume_from_checkpoint_keeps_weights_and_warmup(tmp_path):
                 saved_values += weights.get_tensor(key).numel()
     assert len(saved_keys) == len(student_state)
     assert saved_values == sum(tensor.numel() for tensor in student_state.values())
-    assert not any(key.startswith("timm_model") for key in saved_keys)
+    assert not any(key.startswith(teacher_prefix) for key in saved_keys)
     optimizer_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     saved_parameters = {
         index for group in optimizer_state["param_groups"] for index in group["params"]

@@ -5,7 +5,7 @@ Each loss is called as ``loss_fn(student_logits, teacher_logits, labels, *, epoc
 and returns a :class:`LossOutput`.
 """
 
-from hf_kd.losses import dkd, kd, mcld, normkd, rld  # noqa: F401  (registers the losses)
+from hf_kd.losses import dkd, hard, kd, mcld, normkd, rld  # noqa: F401  (registers the losses)
 from hf_kd.losses.base import DistillationLoss, LossOutput
 from hf_kd.losses.presets import Preset, available_presets, preset
 from hf_kd.losses.registry import available_losses, build_loss, register_loss

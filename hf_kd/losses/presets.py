@@ -44,6 +44,8 @@ _PRESETS: dict[tuple[str, str, bool], Preset] = {
         1.0, 1.0, 20, {"temperature": 2.0, "alpha_temperature": 2.0, "alpha": 9.0, "beta": 72.0}
     ),
     ("mcld", "cifar100", False): Preset(1.0, 1.0, 0, {}),
+    # DeiT's hard distillation: (1 - alpha) CE + alpha L_hard with alpha = 0.5 (its only setting)
+    ("hard", "cifar100", False): Preset(0.5, 0.5, 0, {}),
     # ImageNet (ResNet34 -> ResNet18 configs unless stated)
     ("kd", "imagenet", False): Preset(0.5, 0.5, 0, {"temperature": 1.0}),
     ("kd", "imagenet", True): Preset(1.0, 9.0, 0, {"temperature": 2.0}),
@@ -58,6 +60,7 @@ _PRESETS: dict[tuple[str, str, bool], Preset] = {
         1.0, 1.0, 1, {"temperature": 1.0, "alpha_temperature": 1.0, "alpha": 1.0, "beta": 0.5}
     ),
     ("mcld", "imagenet", False): Preset(1.0, 1.0, 0, {}),
+    ("hard", "imagenet", False): Preset(0.5, 0.5, 0, {}),
 }
 
 PRESET_DATASETS = ("cifar100", "imagenet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-LOSS_NAMES = ("kd", "dkd", "normkd", "normkd_dkd", "rld", "mcld")
+LOSS_NAMES = ("kd", "dkd", "normkd", "normkd_dkd", "rld", "mcld", "hard")
 
 
 def random_batch(

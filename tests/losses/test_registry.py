@@ -31,7 +31,7 @@ CONTRACT = {
 
 
 def test_available_losses() -> None:
-    assert available_losses() == ["dkd", "kd", "mcld", "normkd", "normkd_dkd", "rld"]
+    assert available_losses() == ["dkd", "hard", "kd", "mcld", "normkd", "normkd_dkd", "rld"]
 
 
 @pytest.mark.parametrize("name", sorted(CONTRACT))
@@ -46,7 +46,7 @@ def test_defaults_and_terms_follow_the_contract(name: str) -> None:
 
 
 def test_unknown_loss_lists_the_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"unknown distillation loss 'ctkd'.*dkd, kd, mcld"):
+    with pytest.raises(ValueError, match=r"unknown distillation loss 'ctkd'.*dkd, hard, kd, mcld"):
         build_loss("ctkd")
 
 

@@ -20,6 +20,10 @@ from hf_kd.arguments import DistillationArguments
 @dataclass
 class ScriptArguments:
     result_file: str = field(metadata={"help": "Each rank writes RESULT_FILE.rank<r>.json."})
+    student: str = field(
+        default="vit",
+        metadata={"help": "'vit', or 'timm_deit_token': timm's DeiT with a distillation token."},
+    )
 
 
 def parse_arguments() -> tuple[ScriptArguments, DistillationArguments]:

@@ -18,14 +18,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for distill_helpers
 
 from ddp_script import parse_arguments, write_result
-from distill_helpers import PatternDataset, tiny_vit
+from distill_helpers import PatternDataset, tiny_timm_deit, tiny_vit
 
 from hf_kd.trainer import DistillationTrainer
 
 
 def main() -> None:
     script_args, args = parse_arguments()
-    student, teacher = tiny_vit(seed=1), tiny_vit(seed=2)
+    make_student = {"vit": tiny_vit, "timm_deit_token": tiny_timm_deit}[script_args.student]
+    student, teacher = make_student(seed=1), tiny_vit(seed=2)
     initial_weights = torch.nn.utils.parameters_to_vector(student.parameters()).detach().clone()
     trainer = DistillationTrainer(
         model=student,
