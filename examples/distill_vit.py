@@ -37,11 +37,15 @@ from transformers import HfArgumentParser, PreTrainedModel, Trainer, TrainingArg
 
 from hf_kd.arguments import DistillationArguments
 from hf_kd.data import (
+    DATA_PATHS,
+    DeviceViews,
     ImageClassificationData,
-    build_transforms,
-    collate_image_batch,
+    PreparedSplit,
     load_image_dataset,
+    prepare_image_split,
 )
+from hf_kd.data.device_views import IMAGES_COLUMN
+from hf_kd.data.pipeline import DEFAULT_MEMORY_BUDGET_MB
 from hf_kd.models import (
     image_processor_for,
     load_classifier,
@@ -150,6 +154,27 @@ class DataArguments:
             "(pad-crop only: right for digits, where a flip changes the class) or 'none'."
         },
     )
+    data_path: str = field(
+        default="auto",
+        metadata={
+            "help": "How images reach the models: 'decoded' (decode every image once to uint8, "
+            "cached on disk; augment, resize and normalise per batch on the training device), "
+            "'pil' (decode and augment every image with PIL each epoch), 'auto' ('decoded' "
+            "when the split fits in --decode_memory_budget_mb, else 'pil'), or 'streaming' "
+            "(see --streaming).",
+            "choices": list(DATA_PATHS),
+        },
+    )
+    decode_memory_budget_mb: float = field(
+        default=DEFAULT_MEMORY_BUDGET_MB,
+        metadata={"help": "Memory the decoded training split may take for 'auto' to decode it."},
+    )
+    decoded_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where decoded splits are cached (default: <HF_DATASETS_CACHE>/hf_kd_decoded)."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Truncate the training set (quick runs)."}
     )
@@ -176,29 +201,52 @@ def truncated(split: Any, limit: int | None) -> Any:
     return split if limit is None or limit >= len(split) else split.select(range(limit))
 
 
-def attach_transforms(
+def prepare_splits(
     data: ImageClassificationData,
     data_args: DataArguments,
     student: ImagePreprocessing,
     teacher: ImagePreprocessing | None = None,
-) -> tuple[Any, Any, Any | None]:
-    """Train, validation and (when present) test splits with their transforms attached."""
-    teacher_view = teacher if teacher is not None and teacher != student else None
-    train = truncated(data.splits["train"], data_args.max_train_samples).with_transform(
-        build_transforms(
-            student, train=True, augment=data_args.augment, teacher_preprocessing=teacher_view
-        )
+) -> tuple[PreparedSplit, PreparedSplit, PreparedSplit | None]:
+    """Train, validation and (when present) test splits on one data path: the training
+    split's (``--data_path``; ``auto`` decides on the training split)."""
+    common = {
+        "preprocessing": student,
+        "augment": data_args.augment,
+        "memory_budget_mb": data_args.decode_memory_budget_mb,
+        "cache_dir": data_args.decoded_cache_dir,
+    }
+    train = prepare_image_split(
+        truncated(data.splits["train"], data_args.max_train_samples),
+        train=True,
+        teacher_preprocessing=teacher,
+        data_path=data_args.data_path,
+        **common,
     )
-    evaluation = build_transforms(student, train=False)
-    validation = truncated(data.splits["validation"], data_args.max_eval_samples)
-    test = data.splits["test"] if "test" in data.splits else None
+    logger.info("data path: %s", train.data_path)
+    evaluation = {"train": False, "data_path": train.data_path, **common}
+    validation = prepare_image_split(
+        truncated(data.splits["validation"], data_args.max_eval_samples), **evaluation
+    )
+    test = data.splits.get("test")
     return (
         train,
-        validation.with_transform(evaluation),
+        validation,
         None
         if test is None
-        else truncated(test, data_args.max_eval_samples).with_transform(evaluation),
+        else prepare_image_split(truncated(test, data_args.max_eval_samples), **evaluation),
     )
+
+
+class TeacherTrainer(Trainer):
+    """transformers' Trainer, building decode-once batches' views on the device."""
+
+    def __init__(self, *args: Any, device_views: DeviceViews, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.device_views = device_views
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        inputs = super()._prepare_inputs(inputs)
+        return self.device_views(inputs) if IMAGES_COLUMN in inputs else inputs
 
 
 def train_teacher(
@@ -214,7 +262,7 @@ def train_teacher(
     teacher = load_classifier(
         model_args.teacher_architecture, id2label=data.id2label, pretrained=False
     )
-    train, validation, test = attach_transforms(data, data_args, preprocessing)
+    train, validation, test = prepare_splits(data, data_args, preprocessing)
     teacher_args = TrainingArguments(
         output_dir=teacher_dir,
         num_train_epochs=model_args.teacher_num_train_epochs,
@@ -236,15 +284,16 @@ def train_teacher(
         remove_unused_columns=False,
         dataloader_num_workers=training_args.dataloader_num_workers,
     )
-    trainer = Trainer(
+    trainer = TeacherTrainer(
         model=teacher,
         args=teacher_args,
-        train_dataset=train,
-        data_collator=collate_image_batch,
+        train_dataset=train.dataset,
+        data_collator=train.collator,
         processing_class=image_processor_for(teacher, preprocessing),
+        device_views=DeviceViews(preprocessing),
     )
     trainer.train()
-    predictions = trainer.predict(test if test is not None else validation)
+    predictions = trainer.predict((test or validation).dataset)
     accuracy = float((predictions.predictions.argmax(-1) == predictions.label_ids).mean())
     trainer.save_model(teacher_dir)
     if trainer.is_world_process_zero():
@@ -314,16 +363,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     teacher, teacher_preprocessing, teacher_accuracy = load_or_train_teacher(
         model_args, data_args, training_args, data, student_preprocessing
     )
-    train, validation, test = attach_transforms(
+    train, validation, test = prepare_splits(
         data, data_args, student_preprocessing, teacher_preprocessing
     )
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         args=training_args,
-        train_dataset=train,
-        eval_dataset=validation,
-        data_collator=collate_image_batch,
+        train_dataset=train.dataset,
+        eval_dataset=validation.dataset,
+        data_collator=train.collator,
         processing_class=image_processor_for(student, student_preprocessing),
         student_preprocessing=student_preprocessing,
         teacher_preprocessing=teacher_preprocessing,
@@ -336,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = dict(train_result.metrics)
-    metrics.update(trainer.evaluate(test if test is not None else validation))
+    metrics.update(trainer.evaluate((test or validation).dataset))
     if teacher_accuracy is not None:
         metrics["teacher_eval_accuracy"] = teacher_accuracy
     trainer.save_metrics("all", metrics)

@@ -6,13 +6,15 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal, get_args
 
 import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from hf_kd.data.decoded import decode_split
+from hf_kd.data.device_views import apply_view_params, model_input, replayed_view_params
 from hf_kd.data.loading import IMAGE_COLUMN, LABEL_COLUMN, ROW_INDEX_COLUMN
 from hf_kd.data.transforms import (
     AUGMENTATIONS,
@@ -39,6 +41,8 @@ from hf_kd.preprocessing import ImagePreprocessing
 logger = logging.getLogger(__name__)
 
 LOG_EVERY_BATCHES = 50
+CacheDataPath = Literal["pil", "decoded"]
+CACHE_DATA_PATHS: tuple[str, ...] = get_args(CacheDataPath)
 
 
 def cache_teacher_logits(
@@ -59,6 +63,8 @@ def cache_teacher_logits(
     num_workers: int = 0,
     overwrite: bool = False,
     source: Mapping[str, Any] | None = None,
+    data_path: CacheDataPath = "pil",
+    decoded_cache_dir: str | os.PathLike[str] | None = None,
 ) -> TeacherLogitCache:
     """Run ``teacher`` once over every row (and view) of ``dataset_split``; store its logits.
 
@@ -103,6 +109,12 @@ def cache_teacher_logits(
         num_workers: ``DataLoader`` workers decoding images.
         overwrite: replace a cache already at ``output_path``.
         source: informational names stored in the metadata (teacher and dataset ids).
+        data_path: how the teacher's views are made, as training will make the student's:
+            ``"pil"`` (:func:`hf_kd.data.build_transforms`) or ``"decoded"`` (decode once,
+            :func:`hf_kd.data.decode_split` into ``decoded_cache_dir``, then augment, resize
+            and normalise on the teacher's device, :class:`hf_kd.data.DeviceViews`). The two
+            draw the same views; resizes differ slightly (PIL vs ``torch``), so the path is
+            part of the cache's identity and training on the other path refuses the cache.
 
     Returns:
         The cache, loaded.
@@ -120,6 +132,8 @@ def cache_teacher_logits(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if data_path not in CACHE_DATA_PATHS:
+        raise ValueError(f"data_path must be one of {CACHE_DATA_PATHS}, got {data_path!r}")
     views = ViewReplay(
         view_size=tuple(view_size or preprocessing.image_size),
         interpolation=preprocessing.interpolation,
@@ -138,33 +152,31 @@ def cache_teacher_logits(
             "interpolation": views.interpolation,
             "num_views": views.num_views,
             "seed": views.seed,
+            "data_path": data_path,
         },
         "storage": {"autocast": None if autocast_dtype is None else str(autocast_dtype)},
     }
     _check_labels(split, getattr(getattr(teacher, "config", None), "num_labels", None))
     writer = CacheWriter(output_path, dtype=dtype, top_k=top_k, overwrite=overwrite)
-    loader = DataLoader(
-        _RowViews(
-            split,
-            build_transforms(preprocessing, train=True, augment=augment, views=views),
-            num_views,
-        ),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate_views,
-    )
     parameter = next(teacher.parameters())
     was_training = teacher.training
     teacher.eval()
     started = time.perf_counter()
+    batches = (
+        _decoded_view_batches(
+            split, preprocessing, augment, views, batch_size, parameter.device, decoded_cache_dir
+        )
+        if data_path == "decoded"
+        else _pil_view_batches(split, preprocessing, augment, views, batch_size, num_workers)
+    )
     try:
-        for step, batch in enumerate(loader, start=1):
+        for step, batch in enumerate(batches, start=1):
             pixel_values = batch["pixel_values"].to(parameter.device, dtype=parameter.dtype)
             with torch.inference_mode(), _precision(parameter.device, autocast_dtype):
                 logits = teacher(pixel_values=pixel_values).logits
             writer.write(batch[ROW_INDEX_COLUMN], batch[VIEW_INDEX_COLUMN], batch["labels"], logits)
             if step % LOG_EVERY_BATCHES == 0:
-                logger.info("cached %d of %d views", writer.num_records, len(loader.dataset))
+                logger.info("cached %d of %d views", writer.num_records, len(split) * num_views)
     finally:
         teacher.train(was_training)
     writer.finish(identity, source=dict(source or {}))
@@ -176,6 +188,58 @@ def cache_teacher_logits(
         output_path,
     )
     return load_teacher_logit_cache(output_path)
+
+
+def _pil_view_batches(
+    split: Dataset,
+    preprocessing: ImagePreprocessing,
+    augment: Augmentation,
+    views: ViewReplay,
+    batch_size: int,
+    num_workers: int,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Every view of every row, made by the PIL transforms in ``DataLoader`` workers."""
+    return iter(
+        DataLoader(
+            _RowViews(
+                split,
+                build_transforms(preprocessing, train=True, augment=augment, views=views),
+                views.num_views,
+            ),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate_views,
+        )
+    )
+
+
+def _decoded_view_batches(
+    split: Dataset,
+    preprocessing: ImagePreprocessing,
+    augment: Augmentation,
+    views: ViewReplay,
+    batch_size: int,
+    device: torch.device,
+    decoded_cache_dir: str | os.PathLike[str] | None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Every view of every row, from the decoded split, augmented and normalised on
+    ``device`` as :class:`hf_kd.data.DeviceViews` does in training."""
+    decoded = decode_split(split, views.view_size, views.interpolation, cache_dir=decoded_cache_dir)
+    total = len(decoded) * views.num_views
+    for start in range(0, total, batch_size):
+        items = torch.arange(start, min(start + batch_size, total))
+        positions, view_index = items // views.num_views, items % views.num_views
+        row_index = decoded.row_index[positions]
+        images = decoded.images[positions].to(device)
+        if augment != "none":
+            params = replayed_view_params(views, augment, row_index.numpy(), view_index.numpy())
+            images = apply_view_params(images, params)
+        yield {
+            "pixel_values": model_input(images, preprocessing),
+            ROW_INDEX_COLUMN: row_index,
+            VIEW_INDEX_COLUMN: view_index,
+            "labels": decoded.labels[positions],
+        }
 
 
 def _precision(
