@@ -33,18 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import transformers
-from transformers import HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments
+from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 
 from hf_kd.arguments import DistillationArguments
+from hf_kd.classifier_trainer import ClassifierTrainer
 from hf_kd.data import (
     DATA_PATHS,
-    DeviceViews,
     ImageClassificationData,
     PreparedSplit,
     load_image_dataset,
     prepare_image_split,
 )
-from hf_kd.data.device_views import IMAGES_COLUMN
 from hf_kd.data.pipeline import DEFAULT_MEMORY_BUDGET_MB
 from hf_kd.models import (
     image_processor_for,
@@ -237,18 +236,6 @@ def prepare_splits(
     )
 
 
-class TeacherTrainer(Trainer):
-    """transformers' Trainer, building decode-once batches' views on the device."""
-
-    def __init__(self, *args: Any, device_views: DeviceViews, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.device_views = device_views
-
-    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        inputs = super()._prepare_inputs(inputs)
-        return self.device_views(inputs) if IMAGES_COLUMN in inputs else inputs
-
-
 def train_teacher(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -284,13 +271,13 @@ def train_teacher(
         remove_unused_columns=False,
         dataloader_num_workers=training_args.dataloader_num_workers,
     )
-    trainer = TeacherTrainer(
+    trainer = ClassifierTrainer(
         model=teacher,
         args=teacher_args,
         train_dataset=train.dataset,
         data_collator=train.collator,
         processing_class=image_processor_for(teacher, preprocessing),
-        device_views=DeviceViews(preprocessing),
+        preprocessing=preprocessing,
     )
     trainer.train()
     predictions = trainer.predict((test or validation).dataset)

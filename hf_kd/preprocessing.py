@@ -66,18 +66,18 @@ def resize_rgb(rgb: torch.Tensor, size: tuple[int, int], interpolation: str) -> 
     """Resize float RGB in ``[0, 1]``, ``[B, 3, H, W]``, to ``size`` on its device.
 
     Antialiased, like PIL, when bilinear or bicubic; bicubic overshoot is clamped back to
-    ``[0, 1]``. A batch already at ``size`` is returned as is.
+    ``[0, 1]``. A batch already at ``size`` is returned as is, whatever ``interpolation``.
 
     Raises:
-        ValueError: an interpolation other than :data:`TENSOR_INTERPOLATIONS`.
+        ValueError: a resize with an interpolation other than :data:`TENSOR_INTERPOLATIONS`.
     """
+    if tuple(rgb.shape[-2:]) == tuple(size):
+        return rgb
     if interpolation not in TENSOR_INTERPOLATIONS:
         raise ValueError(
             f"interpolation {interpolation!r} is not supported on the device; choose one of "
             f"{TENSOR_INTERPOLATIONS}"
         )
-    if tuple(rgb.shape[-2:]) == tuple(size):
-        return rgb
     antialiased = interpolation in ANTIALIASED_INTERPOLATIONS
     resized = F.interpolate(
         rgb,
