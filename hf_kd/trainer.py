@@ -62,14 +62,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from huggingface_hub import CommitInfo, HfApi
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalLoopOutput, HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress
 
 from hf_kd.arguments import DistillationArguments
 from hf_kd.data.device_views import IMAGES_COLUMN, DeviceViews
+from hf_kd.data.streaming import StreamingImages
 from hf_kd.hub import copy_student_files, push_student_to_hub, save_student
 from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
@@ -291,6 +294,31 @@ class DistillationTrainer(Trainer):
                 if isinstance(inputs.get(name), Tensor) and inputs[name].ndim == 4:
                     inputs[name] = inputs[name].contiguous(memory_format=torch.channels_last)
         return inputs
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The Trainer's loader, except for a streamed split (:class:`hf_kd.data.StreamingImages`):
+        already this rank's share (``split_dataset_by_node``), it gets a loader that Accelerate
+        neither splits again nor dispatches from rank 0; it only places batches on the
+        device."""
+        if not isinstance(self.train_dataset, StreamingImages):
+            return super().get_train_dataloader()
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
+        return prepare_data_loader(
+            loader,
+            self.args.device,
+            num_processes=1,
+            process_index=0,
+            put_on_device=True,
+            dispatch_batches=False,
+        )
 
     def _build_views(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """A decode-once batch (uint8 ``images``, ``view_params``; :mod:`hf_kd.data.decoded`)

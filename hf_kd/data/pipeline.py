@@ -35,7 +35,7 @@ from hf_kd.preprocessing import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
 
-DataPath = Literal["auto", "decoded", "pil", "streaming"]
+DataPath = Literal["auto", "decoded", "pil"]
 DATA_PATHS: tuple[str, ...] = get_args(DataPath)
 DEFAULT_MEMORY_BUDGET_MB = 4096
 
@@ -64,10 +64,10 @@ def choose_data_path(
     requested: str, num_rows: int, view_size: tuple[int, int], memory_budget_mb: float
 ) -> str:
     """``"decoded"`` or ``"pil"`` for a ``requested`` path of ``"auto"``/``"decoded"``/``"pil"``."""
-    if requested not in DATA_PATHS or requested == "streaming":
+    if requested not in DATA_PATHS:
         raise ValueError(
-            f"data_path must be one of {[p for p in DATA_PATHS if p != 'streaming']} here, got "
-            f"{requested!r} (streaming splits are prepared by hf_kd.data.streaming)"
+            f"data_path must be one of {DATA_PATHS}, got {requested!r} (a streamed split is "
+            "prepared by hf_kd.data.streaming)"
         )
     if requested != "auto":
         return requested

@@ -45,6 +45,7 @@ AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 PADDING_FRACTION = 1 / 8
 TEACHER_LOGITS_COLUMN = "teacher_logits"
 VIEW_INDEX_COLUMN = "view_index"
+EXAMPLE_ID_COLUMN = "example_id"
 STACKED_KEYS = ("pixel_values", "teacher_pixel_values", TEACHER_LOGITS_COLUMN)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -193,19 +194,20 @@ def build_transforms(
 
 def collate_image_batch(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack transformed examples into a batch: ``pixel_values`` (and ``teacher_pixel_values``,
-    ``teacher_logits`` when present) stacked, ``labels`` as int64."""
+    ``teacher_logits`` when present) stacked, ``labels`` (and a streamed split's
+    ``example_id``) as int64."""
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     batch: dict[str, torch.Tensor] = {}
-    for key in (*STACKED_KEYS, "labels"):
+    for key in (*STACKED_KEYS, "labels", EXAMPLE_ID_COLUMN):
         present = sum(key in example for example in examples)
         if present == 0:
             continue
         if present != len(examples):
             raise ValueError(f"{key!r} is in {present} of {len(examples)} examples of the batch")
-        if key == "labels":
-            labels = [int(example[key]) for example in examples]
-            batch[key] = torch.tensor(labels, dtype=torch.int64)
+        if key in ("labels", EXAMPLE_ID_COLUMN):
+            integers = [int(example[key]) for example in examples]
+            batch[key] = torch.tensor(integers, dtype=torch.int64)
         else:
             batch[key] = torch.stack([torch.as_tensor(example[key]) for example in examples])
     return batch
