@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import transformers
+from datasets import DatasetDict, IterableDataset
 from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 
 from hf_kd.arguments import DistillationArguments
@@ -44,7 +45,14 @@ from hf_kd.data import (
     load_image_dataset,
     prepare_image_split,
 )
+from hf_kd.data.loading import IMAGE_COLUMN, LABEL_COLUMN
 from hf_kd.data.pipeline import DEFAULT_MEMORY_BUDGET_MB
+from hf_kd.data.streaming import (
+    label_names_of,
+    load_streaming_split,
+    materialise,
+    prepare_streaming_split,
+)
 from hf_kd.models import (
     image_processor_for,
     load_classifier,
@@ -158,11 +166,23 @@ class DataArguments:
         metadata={
             "help": "How images reach the models: 'decoded' (decode every image once to uint8, "
             "cached on disk; augment, resize and normalise per batch on the training device), "
-            "'pil' (decode and augment every image with PIL each epoch), 'auto' ('decoded' "
-            "when the split fits in --decode_memory_budget_mb, else 'pil'), or 'streaming' "
-            "(see --streaming).",
+            "'pil' (decode and augment every image with PIL each epoch) or 'auto' ('decoded' "
+            "when the training split fits in --decode_memory_budget_mb, else 'pil').",
             "choices": list(DATA_PATHS),
         },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training split instead of downloading it (a datasets "
+            "IterableDataset split across ranks by split_dataset_by_node; PIL transforms). "
+            "Needs --max_steps, --eval_split (its first --max_eval_samples rows are streamed "
+            "once into memory for evaluation) and --teacher_model_name_or_path. Resume replays "
+            "the stream and skips the batches already trained on (hf_kd.data.streaming)."
+        },
+    )
+    shuffle_buffer: int = field(
+        default=1000, metadata={"help": "Examples shuffled at a time when streaming."}
     )
     decode_memory_budget_mb: float = field(
         default=DEFAULT_MEMORY_BUDGET_MB,
@@ -200,21 +220,58 @@ def truncated(split: Any, limit: int | None) -> Any:
     return split if limit is None or limit >= len(split) else split.select(range(limit))
 
 
+def load_data(
+    data_args: DataArguments, training_args: DistillationArguments
+) -> tuple[ImageClassificationData, IterableDataset | None]:
+    """The dataset's map-style splits, and the training stream when ``--streaming``: then
+    the splits hold only the validation rows, streamed once into memory."""
+    if not data_args.streaming:
+        data = load_image_dataset(
+            data_args.dataset_name,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            validation_fraction=data_args.validation_fraction,
+            seed=training_args.seed,
+            data_dir=data_args.data_dir,
+        )
+        return data, None
+    if data_args.eval_split is None:
+        raise ValueError("--streaming needs --eval_split: the split to evaluate on")
+    columns = {
+        "image_column": data_args.image_column or IMAGE_COLUMN,
+        "label_column": data_args.label_column or LABEL_COLUMN,
+        "data_dir": data_args.data_dir,
+    }
+    stream = load_streaming_split(data_args.dataset_name, data_args.train_split, **columns)
+    validation = materialise(
+        load_streaming_split(data_args.dataset_name, data_args.eval_split, **columns),
+        data_args.max_eval_samples,
+    )
+    data = ImageClassificationData(DatasetDict(validation=validation), label_names_of(stream))
+    return data, stream
+
+
 def prepare_splits(
     data: ImageClassificationData,
     data_args: DataArguments,
     student: ImagePreprocessing,
     teacher: ImagePreprocessing | None = None,
+    *,
+    streamed_train: PreparedSplit | None = None,
 ) -> tuple[PreparedSplit, PreparedSplit, PreparedSplit | None]:
     """Train, validation and (when present) test splits on one data path: the training
-    split's (``--data_path``; ``auto`` decides on the training split)."""
+    split's (``--data_path``; ``auto`` decides on the training split). With
+    ``streamed_train`` (this rank's share of a stream) the evaluation splits take the PIL
+    path, whose collator is the stream's."""
     common = {
         "preprocessing": student,
         "augment": data_args.augment,
         "memory_budget_mb": data_args.decode_memory_budget_mb,
         "cache_dir": data_args.decoded_cache_dir,
     }
-    train = prepare_image_split(
+    train = streamed_train or prepare_image_split(
         truncated(data.splits["train"], data_args.max_train_samples),
         train=True,
         teacher_preprocessing=teacher,
@@ -222,7 +279,8 @@ def prepare_splits(
         **common,
     )
     logger.info("data path: %s", train.data_path)
-    evaluation = {"train": False, "data_path": train.data_path, **common}
+    evaluation_path = "pil" if train.data_path == "streaming" else train.data_path
+    evaluation = {"train": False, "data_path": evaluation_path, **common}
     validation = prepare_image_split(
         truncated(data.splits["validation"], data_args.max_eval_samples), **evaluation
     )
@@ -329,16 +387,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     transformers.set_seed(training_args.seed)
 
-    data = load_image_dataset(
-        data_args.dataset_name,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-        train_split=data_args.train_split,
-        eval_split=data_args.eval_split,
-        validation_fraction=data_args.validation_fraction,
-        seed=training_args.seed,
-        data_dir=data_args.data_dir,
-    )
+    data, stream = load_data(data_args, training_args)
+    if stream is not None and model_args.teacher_model_name_or_path is None:
+        raise ValueError("--streaming needs a trained --teacher_model_name_or_path")
     student = load_classifier(
         model_args.student_model_name_or_path,
         id2label=data.id2label,
@@ -350,8 +401,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     teacher, teacher_preprocessing, teacher_accuracy = load_or_train_teacher(
         model_args, data_args, training_args, data, student_preprocessing
     )
+    streamed_train = (
+        None
+        if stream is None
+        else prepare_streaming_split(
+            stream,
+            preprocessing=student_preprocessing,
+            teacher_preprocessing=teacher_preprocessing,
+            augment=data_args.augment,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+            seed=training_args.seed,
+            shuffle_buffer=data_args.shuffle_buffer,
+        )
+    )
     train, validation, test = prepare_splits(
-        data, data_args, student_preprocessing, teacher_preprocessing
+        data,
+        data_args,
+        student_preprocessing,
+        teacher_preprocessing,
+        streamed_train=streamed_train,
     )
     trainer = DistillationTrainer(
         model=student,
