@@ -15,8 +15,11 @@ Two measurements in one run, on this machine's CPU, one process, ``--threads`` t
    ``resnet10t`` with the student's preprocessing, as the job's own teacher has) trains
    ``--steps`` steps through its real data path, against the same Trainer fed batches
    already built (the same augmented pixels, made once before timing; only indexing
-   left). ``end_to_end_ratio`` = images/s end to end / images/s of the floor, the median
-   of the per-round ratios.
+   left). ``end_to_end_ratio`` = images per CPU second end to end / images per CPU second
+   of the floor (the main thread's CPU time, ``time.thread_time``: with one torch thread
+   and no loader workers the whole job, data path included, runs on it, and time lost to
+   other processes on the shared cores does not count), the median of the per-round
+   ratios; ``wall_ratio`` is the same on the wall clock, which that load inflates.
 
 Timing: a callback takes ``time.perf_counter()`` at ``on_step_end``; the window runs from
 the end of step ``--warmup`` to the end of the last step, so it holds every later batch's
@@ -125,13 +128,13 @@ def loader_throughput(split: Any, size: int, rounds: int, cache_dir: str) -> dic
 
 
 class StepEnds(TrainerCallback):
-    """``time.perf_counter()`` at the end of every optimizer step."""
+    """``(time.perf_counter(), time.thread_time())`` at the end of every optimizer step."""
 
     def __init__(self) -> None:
-        self.ends: list[float] = []
+        self.ends: list[tuple[float, float]] = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
+        self.ends.append((time.perf_counter(), time.thread_time()))
 
 
 class PrebuiltBatches(torch.utils.data.Dataset):
@@ -197,6 +200,8 @@ def end_to_end(rounds: int, steps: int, warmup: int, cache_dir: str) -> dict[str
         "floor": (floor, collate_decoded_batch),
     }
     rates: dict[str, list[float]] = {name: [] for name in datasets}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in datasets}
+    images = steps * args.per_device_train_batch_size
     for round_index in range(rounds):
         order = list(datasets) if round_index % 2 == 0 else list(reversed(datasets))
         for name in order:
@@ -213,9 +218,11 @@ def end_to_end(rounds: int, steps: int, warmup: int, cache_dir: str) -> dict[str
                 callbacks=[timer],
             )
             trainer.train()
-            timed = timer.ends[-1] - timer.ends[warmup - 1]
-            rates[name].append(steps * args.per_device_train_batch_size / timed)
+            (start_wall, start_cpu), (end_wall, end_cpu) = timer.ends[warmup - 1], timer.ends[-1]
+            rates[name].append(images / (end_wall - start_wall))
+            cpu_rates[name].append(images / (end_cpu - start_cpu))
     ratios = [e / f for e, f in zip(rates["end_to_end"], rates["floor"], strict=True)]
+    cpu_ratios = [e / f for e, f in zip(cpu_rates["end_to_end"], cpu_rates["floor"], strict=True)]
     return {
         "job": "examples/distill_vit.py defaults (student distillation; random-init teacher)",
         "data_path": train.data_path,
@@ -225,9 +232,14 @@ def end_to_end(rounds: int, steps: int, warmup: int, cache_dir: str) -> dict[str
         "warmup_steps": warmup,
         "end_to_end_images_per_s": median_of(rates["end_to_end"]),
         "floor_images_per_s": median_of(rates["floor"]),
-        "end_to_end_ratio": median_of(ratios),
-        "ratios": ratios,
+        "wall_ratio": median_of(ratios),
+        "wall_ratios": ratios,
+        "end_to_end_cpu_images_per_s": median_of(cpu_rates["end_to_end"]),
+        "floor_cpu_images_per_s": median_of(cpu_rates["floor"]),
+        "end_to_end_ratio": median_of(cpu_ratios),
+        "cpu_ratios": cpu_ratios,
         "rounds": rates,
+        "cpu_rounds": cpu_rates,
     }
 
 
@@ -243,8 +255,8 @@ def markdown_section(results: dict[str, Any], command: str) -> str:
         f"thread(s), one process, no loader workers; measured {results['measured_at']}. "
         f"Load: {results['load']}. Medians over {results['rounds']} alternating rounds.",
         "",
-        "Training loaders (batches of 64 of the digits training split, the default job's "
-        "`crop` augmentation, up to the normalised model input):",
+        "Training loaders, wall clock (batches of 64 of the digits training split, the "
+        "default job's `crop` augmentation, up to the normalised model input):",
         "",
         "| view size | PIL path (images/s) | decode-once path (images/s) | speed-up | "
         "one-off decode (s) |",
@@ -255,17 +267,27 @@ def markdown_section(results: dict[str, Any], command: str) -> str:
             f"| {row['image_size']}x{row['image_size']} | {row['pil_images_per_s']:,.0f} | "
             f"{row['decoded_images_per_s']:,.0f} | {row['speedup']:.1f}x | {row['decode_s']:.2f} |"
         )
-    target = "met" if job["end_to_end_ratio"] >= RATIO_TARGET else "missed"
+    target = "met" if job["end_to_end_ratio"] >= RATIO_TARGET else "**missed**"
     lines += [
         "",
         f"The default main job ({job['data_path']} path, {job['distillation_method']}, batch "
-        f"{job['batch_size']}, {job['timed_steps']} timed steps after {job['warmup_steps']}): "
-        f"**{job['end_to_end_images_per_s']:.0f} images/s end to end** against "
-        f"{job['floor_images_per_s']:.0f} images/s for the same Trainer fed batches already "
-        f"built: **end_to_end_ratio {job['end_to_end_ratio']:.3f}** (target >= "
-        f"{RATIO_TARGET}: {target}; per-round ratios "
-        + ", ".join(f"{ratio:.3f}" for ratio in job["ratios"])
-        + ").",
+        f"{job['batch_size']}, {job['timed_steps']} timed steps after {job['warmup_steps']}) "
+        "against its compute floor, the same Trainer fed batches already built:",
+        "",
+        "| clock | end to end (images/s) | floor (images/s) | ratio (median of rounds) | "
+        "per-round ratios |",
+        "|---|---|---|---|---|",
+        f"| main thread CPU | {job['end_to_end_cpu_images_per_s']:.0f} | "
+        f"{job['floor_cpu_images_per_s']:.0f} | **{job['end_to_end_ratio']:.3f}** | "
+        + ", ".join(f"{ratio:.3f}" for ratio in job["cpu_ratios"])
+        + " |",
+        f"| wall | {job['end_to_end_images_per_s']:.0f} | {job['floor_images_per_s']:.0f} | "
+        f"{job['wall_ratio']:.3f} | "
+        + ", ".join(f"{ratio:.3f}" for ratio in job["wall_ratios"])
+        + " |",
+        "",
+        f"end_to_end_ratio (CPU time) {job['end_to_end_ratio']:.3f}: target >= {RATIO_TARGET} "
+        f"{target}. The wall-clock figures move with the other jobs on the shared cores.",
         "",
     ]
     return "\n".join(lines)
@@ -281,10 +303,10 @@ def load_description() -> str:
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=512, help="images per loader pass")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
-    parser.add_argument("--steps", type=int, default=16, help="timed steps per training run")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
+    parser.add_argument("--images", type=int, default=256, help="images per loader pass")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per training run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument(
         "--json", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "data.json"
