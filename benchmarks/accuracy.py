@@ -35,7 +35,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -48,22 +47,36 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from datasets import Dataset
 from torch import Tensor
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from hf_kd.arguments import DistillationArguments  # noqa: E402
-from hf_kd.data import load_image_dataset  # noqa: E402
-from hf_kd.data.transforms import load_rgb_image  # noqa: E402
+from hf_kd.classifier_trainer import ClassifierTrainer  # noqa: E402
+from hf_kd.data import (  # noqa: E402
+    DecodedImages,
+    DecodedSplit,
+    DeviceViews,
+    collate_decoded_batch,
+    decode_split,
+    load_image_dataset,
+)
+from hf_kd.data.device_views import IMAGES_COLUMN  # noqa: E402
+from hf_kd.data.transforms import PADDING_FRACTION  # noqa: E402
+from hf_kd.logit_cache import (  # noqa: E402
+    TeacherLogitCache,
+    cache_teacher_logits,
+    load_teacher_logit_cache,
+    with_cached_teacher_logits,
+)
 from hf_kd.losses import preset  # noqa: E402
 from hf_kd.models import count_parameters, load_classifier  # noqa: E402
 from hf_kd.models_cifar import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
+from hf_kd.preprocessing import ImagePreprocessing  # noqa: E402
 from hf_kd.trainer import DistillationTrainer  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -83,6 +96,7 @@ DATA_CACHE_DIR = REPO_ROOT / "outputs" / "accuracy_data"
 PAPER_SCHEDULE_EPOCHS = 240
 TEACHER_SAVE_STEPS = 100
 VIEW_SEED = 1234
+DOWNSAMPLING = "box"
 
 
 @dataclass(frozen=True)
@@ -102,13 +116,20 @@ class TierConfig:
     weight_decay: float
     schedule: str  # "cosine" or "multistep"
     milestones: tuple[int, ...] = ()
-    pad: int = 2  # random-crop padding in pixels (4 at 32x32, scaled to 2 at 16x16)
+    pad: int = 2  # random-crop padding in pixels: 1/8 of the side, as hf_kd.data draws it
     num_views: int = 4  # 0: live teacher, fresh augmentation every epoch
     seeds: tuple[int, ...] = (0, 1, 2)
     torch_threads: int = 2
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw"
     # keyword arguments of timm.create_model for the student (e.g. a small ViT's sizes)
     student_model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.pad != round(self.image_size * PADDING_FRACTION):
+            raise ValueError(
+                f"pad {self.pad} is not 1/8 of image_size {self.image_size}, the shift that "
+                "hf_kd.data draws"
+            )
 
     @property
     def stem(self) -> str:
@@ -219,116 +240,67 @@ README_END = "<!-- accuracy-table:end -->"
 
 @dataclass
 class TensorData:
-    """CIFAR images as uint8 ``[N, 3, H, W]`` tensors with int64 labels."""
+    """The train and test splits decoded once to uint8 ``[N, 3, H, W]`` at the tier's size
+    (:func:`hf_kd.data.decode_split`), with the training split itself (the teacher-logit
+    cache's identity) and the class names."""
 
-    train_images: Tensor
-    train_labels: Tensor
-    test_images: Tensor
-    test_labels: Tensor
+    train: DecodedSplit
+    test: DecodedSplit
+    train_split: Dataset
     label_names: tuple[str, ...]
+    cache_dir: Path
+
+    @property
+    def train_images(self) -> Tensor:
+        return self.train.images
+
+    @property
+    def train_labels(self) -> Tensor:
+        return self.train.labels
+
+    @property
+    def test_images(self) -> Tensor:
+        return self.test.images
+
+    @property
+    def test_labels(self) -> Tensor:
+        return self.test.labels
 
 
-def data_cache_stem(dataset_name: str, image_size: int) -> str:
-    """Cache file stem of one dataset at one resolution: its name and a hash of the full
-    path or Hub id (two datasets of the same name never share a cache)."""
-    identity = dataset_name.rstrip("/")
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
-    return f"{os.path.basename(identity)}-{digest}_{image_size}px"
+def preprocessing_of(tier: TierConfig) -> ImagePreprocessing:
+    """The models' input: the tier's size, CIFAR-100 normalisation, images box-downsampled
+    to it (a 2x2 box filter from 32x32 to 16x16)."""
+    return ImagePreprocessing(
+        image_size=(tier.image_size, tier.image_size),
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+        interpolation=DOWNSAMPLING,
+    )
 
 
-def load_tensor_data(dataset_name: str, image_size: int, cache_dir: Path) -> TensorData:
-    """Decode the dataset once, box-downsample it to ``image_size`` and cache it as uint8."""
-    stem = data_cache_stem(dataset_name, image_size)
-    cache_file, names_file = cache_dir / f"{stem}.safetensors", cache_dir / f"{stem}_labels.json"
-    if cache_file.exists() and names_file.exists():
-        tensors = load_file(cache_file)
-        label_names = tuple(json.loads(names_file.read_text()))
-        return TensorData(**tensors, label_names=label_names)
+def load_tensor_data(
+    dataset_name: str, image_size: int, cache_dir: Path, limit: int | None = None
+) -> TensorData:
+    """Decode the train and test splits once (the first ``limit`` rows of each, if given),
+    box-downsampled to ``image_size``; cached as uint8 in ``cache_dir`` by the library."""
     data = load_image_dataset(dataset_name, eval_split="test")
-    tensors = {}
-    for split, prefix in (("train", "train"), ("validation", "test")):
-        images, labels = _decode_split(data.splits[split], image_size)
-        tensors[f"{prefix}_images"], tensors[f"{prefix}_labels"] = images, labels
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    replace_atomically(cache_file, lambda partial: save_file(tensors, partial))
-    write_atomically(names_file, json.dumps(list(data.label_names)))
-    return TensorData(**tensors, label_names=data.label_names)
+    splits = {
+        name: data.splits[name] if limit is None else data.splits[name].select(range(limit))
+        for name in ("train", "validation")
+    }
+    size = (image_size, image_size)
+    return TensorData(
+        train=decode_split(splits["train"], size, DOWNSAMPLING, cache_dir=cache_dir),
+        test=decode_split(splits["validation"], size, DOWNSAMPLING, cache_dir=cache_dir),
+        train_split=splits["train"],
+        label_names=data.label_names,
+        cache_dir=cache_dir,
+    )
 
 
-def _decode_split(split: Any, image_size: int) -> tuple[Tensor, Tensor]:
-    pixels = np.stack([np.asarray(load_rgb_image(image)) for image in split["image"]])
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
-    if images.shape[-1] != image_size:
-        images = F.interpolate(images.float(), size=image_size, mode="area").round()
-    return images.to(torch.uint8).contiguous(), torch.tensor(split["label"], dtype=torch.int64)
-
-
-class AugmentedImages(torch.utils.data.Dataset):
-    """Pad-``pad`` random crop (zero padding) + horizontal flip on uint8 tensors.
-
-    With ``view_params`` (``[N, K, 3]``: crop offsets and flip) each access picks one of the
-    K fixed views at random and returns its index as ``view``, so cached teacher logits of
-    that view can be attached; without, every access draws a fresh augmentation.
-    ``fixed_view`` returns one given view of every image (used to cache the logits).
-    """
-
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        view_params: Tensor | None = None,
-        teacher_logits: Tensor | None = None,
-        fixed_view: int | None = None,
-        pad: int = 2,
-    ) -> None:
-        self.pad = pad
-        self.padded = F.pad(images, (pad, pad, pad, pad))
-        self.size = images.shape[-1]
-        self.labels = labels
-        self.view_params = view_params
-        self.teacher_logits = teacher_logits
-        self.fixed_view = fixed_view
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        if self.view_params is None:
-            top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
-            flip = bool(torch.randint(0, 2, ()).item())
-            view = -1
-        else:
-            view = self.fixed_view
-            if view is None:
-                view = int(torch.randint(0, self.view_params.shape[1], ()).item())
-            top, left, flip = self.view_params[index, view].tolist()
-        crop = self.padded[index, :, top : top + self.size, left : left + self.size]
-        item = {"pixel_values": crop.flip(-1) if flip else crop, "labels": self.labels[index]}
-        if self.teacher_logits is not None:
-            item["teacher_logits"] = self.teacher_logits[index, view]
-        return item
-
-
-def draw_view_params(num_images: int, num_views: int, seed: int, pad: int = 2) -> Tensor:
-    """Crop offsets and flips of ``num_views`` fixed views per image, ``[N, K, 3]`` int64."""
-    generator = torch.Generator().manual_seed(seed)
-    offsets = torch.randint(0, 2 * pad + 1, (num_images, num_views, 2), generator=generator)
-    flips = torch.randint(0, 2, (num_images, num_views, 1), generator=generator)
-    return torch.cat([offsets, flips], dim=2)
-
-
-def normalise(images: Tensor) -> Tensor:
-    mean = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
-
-
-def collate(examples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    batch = {key: torch.stack([example[key] for example in examples]) for key in examples[0]}
-    batch["pixel_values"] = normalise(batch["pixel_values"])
-    if "teacher_logits" in batch:
-        batch["teacher_logits"] = batch["teacher_logits"].float()
-    return batch
+def model_inputs(images: Tensor, tier: TierConfig) -> Tensor:
+    """Normalised model inputs of uint8 views, without augmentation."""
+    return DeviceViews(preprocessing_of(tier))({IMAGES_COLUMN: images})["pixel_values"]
 
 
 # ---- training ----
@@ -379,13 +351,15 @@ def common_training_kwargs(tier: TierConfig, epochs: float, seed: int, output_di
 
 
 @torch.no_grad()
-def test_accuracy(model: PreTrainedModel, data: TensorData, batch_size: int = 1000) -> float:
+def test_accuracy(
+    model: PreTrainedModel, data: TensorData, tier: TierConfig, batch_size: int = 1000
+) -> float:
     """Top-1 accuracy (%) on the full test set, centre view (no augmentation)."""
     model.eval()
     device = next(model.parameters()).device
     correct = 0
     for start in range(0, len(data.test_labels), batch_size):
-        images = normalise(data.test_images[start : start + batch_size]).to(device)
+        images = model_inputs(data.test_images[start : start + batch_size].to(device), tier)
         logits = model(pixel_values=images).logits
         labels = data.test_labels[start : start + batch_size].to(device)
         correct += int((logits.argmax(dim=1) == labels).sum())
@@ -419,17 +393,18 @@ def train_teacher(tier: TierConfig, data: TensorData, work_dir: Path) -> tuple[P
         id2label=dict(enumerate(data.label_names)),
         pretrained=False,
     )
-    dataset = AugmentedImages(data.train_images, data.train_labels, pad=tier.pad)
+    dataset = DecodedImages(data.train, train=True, augment="default")
     steps_per_epoch = math.ceil(len(dataset) / tier.batch_size)
     run_dir = work_dir / "teacher_run"
     kwargs = common_training_kwargs(tier, tier.teacher_epochs, 0, run_dir)
     kwargs.update(save_strategy="steps", save_steps=TEACHER_SAVE_STEPS, save_total_limit=1)
     wall_time = WallTimeAtCheckpoints(work_dir / "teacher_wall_time.json")
-    trainer = Trainer(
+    trainer = ClassifierTrainer(
         model=teacher,
         args=TrainingArguments(**kwargs),
         train_dataset=dataset,
-        data_collator=collate,
+        data_collator=collate_decoded_batch,
+        preprocessing=preprocessing_of(tier),
         optimizers=build_optimizer(teacher, tier, tier.teacher_epochs, steps_per_epoch),
         callbacks=[wall_time],
     )
@@ -443,7 +418,7 @@ def train_teacher(tier: TierConfig, data: TensorData, work_dir: Path) -> tuple[P
         "run": "teacher",
         "architecture": tier.teacher_architecture,
         "parameters": count_parameters(teacher),
-        "top1": test_accuracy(teacher, data),
+        "top1": test_accuracy(teacher, data, tier),
         "wall_time_s": wall_time.total(),
         "epochs": tier.teacher_epochs,
     }
@@ -452,40 +427,27 @@ def train_teacher(tier: TierConfig, data: TensorData, work_dir: Path) -> tuple[P
 
 def cached_teacher_logits(
     teacher: PreTrainedModel, data: TensorData, tier: TierConfig, work_dir: Path
-) -> tuple[Tensor, Tensor]:
-    """``(view_params, logits)`` of the tier's replayed views, computed once and cached."""
-    view_params = draw_view_params(len(data.train_labels), tier.num_views, VIEW_SEED, tier.pad)
-    logits_file = work_dir / f"teacher_logits_{tier.num_views}views.safetensors"
-    if logits_file.exists():
-        return view_params, load_file(logits_file)["teacher_logits"]
-    teacher_logits = cache_teacher_logits(teacher, data, view_params, tier.pad)
-    replace_atomically(
-        logits_file, lambda partial: save_file({"teacher_logits": teacher_logits}, partial)
+) -> TeacherLogitCache:
+    """The teacher's logits of the tier's replayed views (``num_views`` per image, seed
+    ``VIEW_SEED``), made once on the decode-once path by :func:`hf_kd.cache_teacher_logits`
+    and reloaded (checked against this teacher and split) afterwards."""
+    path = work_dir / f"teacher_logits_{tier.num_views}views"
+    if (path / "metadata.json").exists():
+        return load_teacher_logit_cache(path, teacher=teacher, dataset_split=data.train_split)
+    return cache_teacher_logits(
+        teacher,
+        data.train_split,
+        preprocessing=preprocessing_of(tier),
+        output_path=path,
+        split_name="train",
+        batch_size=1000,
+        augment="default",
+        num_views=tier.num_views,
+        view_seed=VIEW_SEED,
+        data_path="decoded",
+        decoded_cache_dir=data.cache_dir,
+        overwrite=True,
     )
-    return view_params, teacher_logits
-
-
-@torch.no_grad()
-def cache_teacher_logits(
-    teacher: PreTrainedModel,
-    data: TensorData,
-    view_params: Tensor,
-    pad: int,
-    batch_size: int = 1000,
-) -> Tensor:
-    """The teacher's logits of every fixed view, ``[N, K, C]`` float16."""
-    teacher.eval()
-    num_views = view_params.shape[1]
-    per_view = []
-    for view in range(num_views):
-        dataset = AugmentedImages(
-            data.train_images, data.train_labels, view_params, fixed_view=view, pad=pad
-        )
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-        logits = [teacher(pixel_values=batch["pixel_values"]).logits for batch in loader]
-        per_view.append(torch.cat(logits).half())
-        logger.info("cached teacher logits of view %d/%d", view + 1, num_views)
-    return torch.stack(per_view, dim=1)
 
 
 def distillation_arguments(
@@ -523,14 +485,14 @@ def train_student(
     tier: TierConfig,
     data: TensorData,
     work_dir: Path,
-    teacher_logits: tuple[Tensor, Tensor] | None = None,
+    teacher_logits: TeacherLogitCache | None = None,
     teacher: PreTrainedModel | None = None,
     extra_metrics: Callable[[PreTrainedModel, TensorData], dict[str, Any]] | None = None,
 ) -> dict:
     """Distil one student; its record.
 
-    ``teacher_logits``: ``(view_params, logits)`` of the cached replayed views; without it,
-    fresh augmentation every epoch and the live ``teacher``. ``extra_metrics(student,
+    ``teacher_logits``: the cache of replayed views (:func:`cached_teacher_logits`); without
+    it, fresh augmentation every epoch and the live ``teacher``. ``extra_metrics(student,
     data)``: more entries for the record, measured on the trained student.
     """
     args = distillation_arguments(spec, tier, seed, work_dir / f"student_{spec.name}")
@@ -541,10 +503,9 @@ def train_student(
         pretrained=False,
         model_kwargs=tier.student_model_kwargs,
     )
-    view_params, cached_logits = teacher_logits if teacher_logits is not None else (None, None)
-    dataset = AugmentedImages(
-        data.train_images, data.train_labels, view_params, cached_logits, pad=tier.pad
-    )
+    dataset = DecodedImages(data.train, train=True, augment="default")
+    if teacher_logits is not None:
+        dataset = with_cached_teacher_logits(dataset, teacher_logits, student=student)
     steps_per_epoch = math.ceil(len(dataset) / tier.batch_size)
     started = time.perf_counter()
     trainer = DistillationTrainer(
@@ -552,8 +513,9 @@ def train_student(
         teacher_model=teacher if teacher_logits is None else None,
         args=args,
         train_dataset=dataset,
-        data_collator=collate,
+        data_collator=collate_decoded_batch,
         optimizers=build_optimizer(student, tier, tier.student_epochs, steps_per_epoch),
+        student_preprocessing=preprocessing_of(tier),
     )
     trainer.train()
     wall = time.perf_counter() - started
@@ -565,7 +527,7 @@ def train_student(
         "seed": seed,
         "architecture": tier.student_architecture,
         "parameters": count_parameters(student),
-        "top1": test_accuracy(student, data),
+        "top1": test_accuracy(student, data, tier),
         "wall_time_s": wall,
         "epochs": tier.student_epochs,
         "objective": {
@@ -658,15 +620,7 @@ def run_benchmark(
     recorded (only those named in ``only``, if given); with ``ablation_seeds``, also the
     default MCLD and its ablations at those extra seeds, to confirm a small difference."""
     runs_dir = results_dir / f"{tier.stem}_runs"
-    data = load_tensor_data(dataset_name, tier.image_size, data_cache_dir)
-    if limit is not None:
-        data = replace(
-            data,
-            train_images=data.train_images[:limit],
-            train_labels=data.train_labels[:limit],
-            test_images=data.test_images[:limit],
-            test_labels=data.test_labels[:limit],
-        )
+    data = load_tensor_data(dataset_name, tier.image_size, data_cache_dir, limit)
     teacher_dir = work_dir / "teacher"
     if not record_path(runs_dir, "teacher").exists() or not teacher_dir.exists():
         teacher_dir, record = train_teacher(tier, data, work_dir)

@@ -10,7 +10,10 @@ num_heads=3``, a timm ``resnet18`` teacher at 32x32, 10 classes, random weights 
 * ``live``: :class:`hf_kd.trainer.DistillationTrainer` with the teacher running every step;
 * ``cached``: the same trainer, the batch carrying the teacher's ``teacher_logits``;
 * ``teacher_fwd``: the teacher's forward alone, ``teacher(pixel_values=...)`` under
-  ``torch.inference_mode``.
+  ``torch.inference_mode``;
+* ``timm_task`` (timed only): the peer, timm's own ``timm.task.LogitDistillationTask``
+  step on the same timm student, teacher and batch (:func:`time_timm_task`), reported as
+  ``timm_task_ms`` with its ratio to the same floor as ``live`` (plain + teacher forward).
 
 Targets (issue 5): ``live <= 1.05 (plain + teacher_fwd)``, ``cached <= 1.05 plain``, and
 live peak memory ``<= 1.10 (plain peak + teacher weights)``.
@@ -89,10 +92,13 @@ import transformers  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from hf_kd.arguments import DistillationArguments  # noqa: E402
+from hf_kd.losses import build_loss  # noqa: E402
 from hf_kd.models import load_classifier  # noqa: E402
 from hf_kd.trainer import DistillationTrainer  # noqa: E402
 
 CONFIGURATIONS = ("plain", "live", "cached", "teacher_fwd")
+# timed with the others, not measured for memory: timm's own distillation step
+TIMED_CONFIGURATIONS = (*CONFIGURATIONS, "timm_task")
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
 STUDENT = "vit_tiny_patch16_224"
@@ -111,6 +117,7 @@ ROW_LABELS = {
     "live": "(b) distillation, live teacher",
     "cached": "(c) distillation, cached logits",
     "teacher_fwd": "(d) teacher forward, inference mode",
+    "timm_task": "(e) timm `LogitDistillationTask` step",
 }
 MALLOC_MMAP_THRESHOLD = "65536"
 TIME_TARGET = 1.05
@@ -339,6 +346,52 @@ def time_teacher_forward(
     return times
 
 
+def time_timm_task(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    settings: Settings,
+) -> StepTimes:
+    """Steps of timm's own ``timm.task.LogitDistillationTask`` on the same timm student,
+    teacher and batch, with what the Trainer's step also does: the same optimizer
+    (fused AdamW, lr 1e-4, no weight decay), gradient clipping at 1.0 and ``zero_grad``; KD
+    at hf-kd's ``kd`` temperature and weights. timm's task runs the teacher under
+    ``torch.no_grad`` and re-normalises the batch for it when their ``pretrained_cfg``
+    statistics differ (here: the ViT's 0.5 vs the ResNet's ImageNet ones)."""
+    from timm.task import LogitDistillationTask
+    from timm.task.distillation import DistillationTeacher
+
+    objective = DistillationArguments(output_dir="unused", distillation_method="kd")
+    objective = objective.resolve_objective()
+    temperature = build_loss("kd", **objective.loss_kwargs).temperature
+    task = LogitDistillationTask(
+        student.timm_model,
+        DistillationTeacher(teacher.timm_model),
+        criterion=torch.nn.CrossEntropyLoss(),
+        task_loss_weight=objective.ce_weight,
+        distill_loss_weight=objective.kd_weight,
+        temperature=temperature,
+        verbose=False,
+    ).train()
+    parameters = [p for p in task.trainable_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4, weight_decay=0.0, fused=True)
+    timer = StepTimer(task.trainable_module, task.teacher.model)
+    pixel_values, labels = batch["pixel_values"], batch["labels"]
+    try:
+        for _ in range(settings.warmup + settings.steps):
+            timer.on_step_begin(None, None, None)
+            task(pixel_values, labels)["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            timer.on_pre_optimizer_step(None, None, None)
+            optimizer.step()
+            timer.on_optimizer_step(None, None, None)
+            optimizer.zero_grad()
+            timer.on_step_end(None, None, None)
+    finally:
+        timer.remove_hooks()
+    return timer.times
+
+
 def time_round(
     configuration: str,
     models: dict[str, torch.nn.Module],
@@ -350,6 +403,8 @@ def time_round(
     repeats = settings.warmup + settings.steps
     if configuration == "teacher_fwd":
         return time_teacher_forward(models["teacher"], batch, repeats)
+    if configuration == "timm_task":
+        return time_timm_task(models["timm_task"], models["teacher"], batch, settings)
     student = models[configuration]
     timer = StepTimer(student, models["teacher"] if configuration == "live" else None)
     trainer = build_trainer(
@@ -367,14 +422,14 @@ def measure_step_times(settings: Settings) -> dict[str, StepTimes]:
     student, teacher = build_student(), build_teacher()
     batch = build_batch(settings.batch_size)
     # One student per trainer configuration, all from the same initial weights.
-    models = {name: copy.deepcopy(student) for name in ("plain", "live", "cached")}
+    models = {name: copy.deepcopy(student) for name in ("plain", "live", "cached", "timm_task")}
     models["teacher"] = teacher
-    times = {name: StepTimes() for name in CONFIGURATIONS}
+    times = {name: StepTimes() for name in TIMED_CONFIGURATIONS}
     with tempfile.TemporaryDirectory() as output_dir:
         for round_index in range(settings.rounds):
             # Rotated each round, so that no configuration always runs first or after another.
-            shift = round_index % len(CONFIGURATIONS)
-            for configuration in CONFIGURATIONS[shift:] + CONFIGURATIONS[:shift]:
+            shift = round_index % len(TIMED_CONFIGURATIONS)
+            for configuration in TIMED_CONFIGURATIONS[shift:] + TIMED_CONFIGURATIONS[:shift]:
                 measured = time_round(configuration, models, batch, settings, output_dir)
                 times[configuration].extend(measured, skip=settings.warmup)
             print(
@@ -624,10 +679,20 @@ def summarise(
 
 def time_targets(results: dict[str, Any], unit: str) -> dict[str, Any]:
     """``live <= 1.05 (plain + teacher_fwd)`` and ``cached <= 1.05 plain`` for the medians
-    in ``unit`` (``ms``: wall clock, ``cpu_ms``: thread CPU time)."""
+    in ``unit`` (``ms``: wall clock, ``cpu_ms``: thread CPU time); when timm's task was
+    timed, its ratio to the same floor and hf-kd's live step over timm's."""
     live_reference = results[f"plain_{unit}"] + results[f"teacher_fwd_{unit}"]
     cached_reference = results[f"plain_{unit}"]
+    peer = {}
+    if f"timm_task_{unit}" in results:
+        peer = {
+            f"timm_task_{unit}_ratio": round(results[f"timm_task_{unit}"] / live_reference, 3),
+            f"live_vs_timm_task_{unit}": round(
+                results[f"live_{unit}"] / results[f"timm_task_{unit}"], 3
+            ),
+        }
     return {
+        **peer,
         f"live_{unit}_limit": round(TIME_TARGET * live_reference, 2),
         f"live_{unit}_ratio": round(results[f"live_{unit}"] / live_reference, 3),
         f"live_{unit}_met": results[f"live_{unit}"] <= TIME_TARGET * live_reference,
@@ -684,10 +749,17 @@ def markdown_section(results: dict[str, Any], command: str) -> str:
 
     def row(name: str, target: str = "", memory_target: str = "") -> str:
         low, high = results[f"{name}_iqr_ms"]
+        peak = results.get(f"{name}_peak_mb")
         return (
             f"| {ROW_LABELS[name]} | {results[f'{name}_ms']:.1f} | {low:.1f} - {high:.1f} | "
-            f"{results[f'{name}_cpu_ms']:.1f} | {target} | {results[f'{name}_peak_mb']:.0f} | "
-            f"{memory_target} |"
+            f"{results[f'{name}_cpu_ms']:.1f} | {target} | "
+            f"{'not measured' if peak is None else f'{peak:.0f}'} | {memory_target} |"
+        )
+
+    def peer_ratio(unit: str) -> str:
+        return (
+            f"{targets[f'timm_task_{unit}_ratio']:.3f} of the floor; hf-kd live / timm "
+            f"{targets[f'live_vs_timm_task_{unit}']:.3f}"
         )
 
     live_memory = f"<= {targets['live_peak_mb_limit']:.0f}: {verdict('live_peak_mb')}"
@@ -718,6 +790,14 @@ def markdown_section(results: dict[str, Any], command: str) -> str:
         row("live", time_target("live"), live_memory),
         row("cached", time_target("cached")),
         row("teacher_fwd"),
+        row("timm_task", f"{peer_ratio('ms')} (CPU: {peer_ratio('cpu_ms')})"),
+        "",
+        "(e) is timm 1.0's own distillation step (`timm.task.LogitDistillationTask`, KD at "
+        "the same temperature and weights) on the same timm student, teacher and batch, "
+        "timed in the same rounds, with the Trainer step's fused AdamW, gradient clipping and "
+        "`zero_grad`; its ratio is to the same floor as (b), plain + teacher forward. "
+        "`trainer.json`: `timm_task_ms`, `targets.timm_task_ms_ratio`, "
+        "`targets.live_vs_timm_task_ms`.",
         "",
         "Where the CPU time of a step goes (medians per phase, thread CPU ms; the phases' "
         "medians need not add up to the step's). The plain `Trainer`'s student forward "

@@ -52,7 +52,6 @@ from benchmarks.accuracy import (  # noqa: E402
     DEFAULT_DATASET,
     RESULTS_DIR,
     TIERS,
-    VIEW_SEED,
     StudentSpec,
     TensorData,
     TierConfig,
@@ -60,10 +59,9 @@ from benchmarks.accuracy import (  # noqa: E402
     _delta_cells,
     ablation_deltas,
     cached_teacher_logits,
-    draw_view_params,
     load_records,
     load_tensor_data,
-    normalise,
+    model_inputs,
     record_path,
     test_accuracy,
     train_student,
@@ -71,6 +69,7 @@ from benchmarks.accuracy import (  # noqa: E402
     write_record,
 )
 from hf_kd.distillation_token import forward_heads  # noqa: E402
+from hf_kd.logit_cache import TeacherLogitCache  # noqa: E402
 from hf_kd.models import count_parameters, load_classifier  # noqa: E402
 
 logger = logging.getLogger("benchmarks.deit_token")
@@ -162,7 +161,7 @@ def head_accuracies(model: PreTrainedModel, data: TensorData, batch_size: int = 
     model.eval()
     correct = torch.zeros(2, dtype=torch.int64)
     for start in range(0, len(data.test_labels), batch_size):
-        images = normalise(data.test_images[start : start + batch_size])
+        images = model_inputs(data.test_images[start : start + batch_size], TIER)
         labels = data.test_labels[start : start + batch_size]
         heads = forward_heads(model, model, images)
         correct[0] += int((heads.cls_logits.argmax(dim=1) == labels).sum())
@@ -172,30 +171,15 @@ def head_accuracies(model: PreTrainedModel, data: TensorData, batch_size: int = 
 
 
 def load_data(args: argparse.Namespace) -> TensorData:
-    data = load_tensor_data(args.dataset_name, TIER.image_size, Path(args.data_cache_dir))
-    if args.limit is not None:  # a smoke run: its teacher logits are cached for these only
-        data = replace(
-            data,
-            **{
-                name: getattr(data, name)[: args.limit]
-                for name in ("train_images", "train_labels", "test_images", "test_labels")
-            },
-        )
-    return data
-
-
-def teacher_free_views(data: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
-    """The replayed views of the distilled students, with zeros for the teacher's logits: the
-    CE-only student sees the same images and never reads the logits (``kd_weight=0``), so it
-    needs no teacher."""
-    view_params = draw_view_params(len(data.train_labels), TIER.num_views, VIEW_SEED, TIER.pad)
-    shape = (len(data.train_labels), TIER.num_views, len(data.label_names))
-    return view_params, torch.zeros(shape, dtype=torch.float16)
+    # a smoke run (--limit): its teacher logits are cached for these images only
+    return load_tensor_data(
+        args.dataset_name, TIER.image_size, Path(args.data_cache_dir), limit=args.limit
+    )
 
 
 def prepare_teacher(
     args: argparse.Namespace, runs_dir: Path, data: TensorData
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> TeacherLogitCache:
     """The teacher's cached logits (computed once if missing) and its record."""
     teacher_work_dir = Path(args.teacher_work_dir)
     teacher_dir = teacher_work_dir / "teacher"
@@ -210,7 +194,7 @@ def prepare_teacher(
             "run": "teacher",
             "architecture": TIER.teacher_architecture,
             "parameters": count_parameters(teacher),
-            "top1": test_accuracy(teacher, data),
+            "top1": test_accuracy(teacher, data, TIER),
             "wall_time_s": 0.0,  # trained by benchmarks/accuracy.py, not here
             "source": str(teacher_dir),
         }
@@ -232,9 +216,8 @@ def run_students(runs: Sequence[str], args: argparse.Namespace, runs_dir: Path) 
         and not record_path(runs_dir, run_name(student, seed)).exists()
     ]
     data = load_data(args)
-    cached = None
-    if any(not student.spec.ce_only for student, _ in pending):
-        cached = prepare_teacher(args, runs_dir, data)
+    # the CE-only student trains on the same replayed views (it never reads the logits)
+    cached = prepare_teacher(args, runs_dir, data) if pending else None
     work_dir = Path(args.work_dir)
     for student, seed in pending:
         tier = student.tier
@@ -246,7 +229,7 @@ def run_students(runs: Sequence[str], args: argparse.Namespace, runs_dir: Path) 
             tier,
             data,
             work_dir,
-            teacher_free_views(data) if student.spec.ce_only else cached,
+            cached,
             extra_metrics=head_accuracies if student.distillation_token else None,
         )
         record["distillation_token"] = student.distillation_token

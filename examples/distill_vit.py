@@ -33,14 +33,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import transformers
-from transformers import HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments
+from datasets import DatasetDict, IterableDataset
+from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 
 from hf_kd.arguments import DistillationArguments
+from hf_kd.classifier_trainer import ClassifierTrainer
 from hf_kd.data import (
+    DATA_PATHS,
     ImageClassificationData,
-    build_transforms,
-    collate_image_batch,
+    PreparedSplit,
     load_image_dataset,
+    prepare_image_split,
+)
+from hf_kd.data.loading import IMAGE_COLUMN, LABEL_COLUMN
+from hf_kd.data.pipeline import DEFAULT_MEMORY_BUDGET_MB
+from hf_kd.data.streaming import (
+    label_names_of,
+    load_streaming_split,
+    materialise,
+    prepare_streaming_split,
 )
 from hf_kd.hub import save_student
 from hf_kd.metrics import compute_accuracy_metrics
@@ -152,6 +163,39 @@ class DataArguments:
             "(pad-crop only: right for digits, where a flip changes the class) or 'none'."
         },
     )
+    data_path: str = field(
+        default="auto",
+        metadata={
+            "help": "How images reach the models: 'decoded' (decode every image once to uint8, "
+            "cached on disk; augment, resize and normalise per batch on the training device), "
+            "'pil' (decode and augment every image with PIL each epoch) or 'auto' ('decoded' "
+            "when the training split fits in --decode_memory_budget_mb, else 'pil').",
+            "choices": list(DATA_PATHS),
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training split instead of downloading it (a datasets "
+            "IterableDataset split across ranks by split_dataset_by_node; PIL transforms). "
+            "Needs --max_steps, --eval_split (its first --max_eval_samples rows are streamed "
+            "once into memory for evaluation) and --teacher_model_name_or_path. Resume replays "
+            "the stream and skips the batches already trained on (hf_kd.data.streaming)."
+        },
+    )
+    shuffle_buffer: int = field(
+        default=1000, metadata={"help": "Examples shuffled at a time when streaming."}
+    )
+    decode_memory_budget_mb: float = field(
+        default=DEFAULT_MEMORY_BUDGET_MB,
+        metadata={"help": "Memory the decoded training split may take for 'auto' to decode it."},
+    )
+    decoded_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where decoded splits are cached (default: <HF_DATASETS_CACHE>/hf_kd_decoded)."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Truncate the training set (quick runs)."}
     )
@@ -178,28 +222,77 @@ def truncated(split: Any, limit: int | None) -> Any:
     return split if limit is None or limit >= len(split) else split.select(range(limit))
 
 
-def attach_transforms(
+def load_data(
+    data_args: DataArguments, training_args: DistillationArguments
+) -> tuple[ImageClassificationData, IterableDataset | None]:
+    """The dataset's map-style splits, and the training stream when ``--streaming``: then
+    the splits hold only the validation rows, streamed once into memory."""
+    if not data_args.streaming:
+        data = load_image_dataset(
+            data_args.dataset_name,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            validation_fraction=data_args.validation_fraction,
+            seed=training_args.seed,
+            data_dir=data_args.data_dir,
+        )
+        return data, None
+    if data_args.eval_split is None:
+        raise ValueError("--streaming needs --eval_split: the split to evaluate on")
+    columns = {
+        "image_column": data_args.image_column or IMAGE_COLUMN,
+        "label_column": data_args.label_column or LABEL_COLUMN,
+        "data_dir": data_args.data_dir,
+    }
+    stream = load_streaming_split(data_args.dataset_name, data_args.train_split, **columns)
+    validation = materialise(
+        load_streaming_split(data_args.dataset_name, data_args.eval_split, **columns),
+        data_args.max_eval_samples,
+    )
+    data = ImageClassificationData(DatasetDict(validation=validation), label_names_of(stream))
+    return data, stream
+
+
+def prepare_splits(
     data: ImageClassificationData,
     data_args: DataArguments,
     student: ImagePreprocessing,
     teacher: ImagePreprocessing | None = None,
-) -> tuple[Any, Any, Any | None]:
-    """Train, validation and (when present) test splits with their transforms attached."""
-    teacher_view = teacher if teacher is not None and teacher != student else None
-    train = truncated(data.splits["train"], data_args.max_train_samples).with_transform(
-        build_transforms(
-            student, train=True, augment=data_args.augment, teacher_preprocessing=teacher_view
-        )
+    *,
+    streamed_train: PreparedSplit | None = None,
+) -> tuple[PreparedSplit, PreparedSplit, PreparedSplit | None]:
+    """Train, validation and (when present) test splits on one data path: the training
+    split's (``--data_path``; ``auto`` decides on the training split). With
+    ``streamed_train`` (this rank's share of a stream) the evaluation splits take the PIL
+    path, whose collator is the stream's."""
+    common = {
+        "preprocessing": student,
+        "augment": data_args.augment,
+        "memory_budget_mb": data_args.decode_memory_budget_mb,
+        "cache_dir": data_args.decoded_cache_dir,
+    }
+    train = streamed_train or prepare_image_split(
+        truncated(data.splits["train"], data_args.max_train_samples),
+        train=True,
+        teacher_preprocessing=teacher,
+        data_path=data_args.data_path,
+        **common,
     )
-    evaluation = build_transforms(student, train=False)
-    validation = truncated(data.splits["validation"], data_args.max_eval_samples)
-    test = data.splits["test"] if "test" in data.splits else None
+    logger.info("data path: %s", train.data_path)
+    evaluation_path = "pil" if train.data_path == "streaming" else train.data_path
+    evaluation = {"train": False, "data_path": evaluation_path, **common}
+    validation = prepare_image_split(
+        truncated(data.splits["validation"], data_args.max_eval_samples), **evaluation
+    )
+    test = data.splits.get("test")
     return (
         train,
-        validation.with_transform(evaluation),
+        validation,
         None
         if test is None
-        else truncated(test, data_args.max_eval_samples).with_transform(evaluation),
+        else prepare_image_split(truncated(test, data_args.max_eval_samples), **evaluation),
     )
 
 
@@ -216,7 +309,7 @@ def train_teacher(
     teacher = load_classifier(
         model_args.teacher_architecture, id2label=data.id2label, pretrained=False
     )
-    train, validation, test = attach_transforms(data, data_args, preprocessing)
+    train, validation, test = prepare_splits(data, data_args, preprocessing)
     teacher_args = TrainingArguments(
         output_dir=teacher_dir,
         num_train_epochs=model_args.teacher_num_train_epochs,
@@ -242,16 +335,17 @@ def train_teacher(
         dataloader_pin_memory=training_args.dataloader_pin_memory,
         ddp_find_unused_parameters=training_args.ddp_find_unused_parameters,
     )
-    trainer = Trainer(
+    trainer = ClassifierTrainer(
         model=teacher,
         args=teacher_args,
-        train_dataset=train,
-        data_collator=collate_image_batch,
+        train_dataset=train.dataset,
+        data_collator=train.collator,
         processing_class=image_processor_for(teacher, preprocessing),
         compute_metrics=compute_accuracy_metrics,
+        preprocessing=preprocessing,
     )
     trainer.train()
-    accuracy = trainer.predict(test if test is not None else validation).metrics["test_accuracy"]
+    accuracy = trainer.predict((test or validation).dataset).metrics["test_accuracy"]
     if trainer.is_world_process_zero():
         # the layout timm ("local-dir:") and transformers both load, as for the student
         save_student(teacher, teacher_dir, image_processor=preprocessing)
@@ -300,16 +394,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     transformers.set_seed(training_args.seed)
 
-    data = load_image_dataset(
-        data_args.dataset_name,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-        train_split=data_args.train_split,
-        eval_split=data_args.eval_split,
-        validation_fraction=data_args.validation_fraction,
-        seed=training_args.seed,
-        data_dir=data_args.data_dir,
-    )
+    data, stream = load_data(data_args, training_args)
+    if stream is not None and model_args.teacher_model_name_or_path is None:
+        raise ValueError("--streaming needs a trained --teacher_model_name_or_path")
     student = load_classifier(
         model_args.student_model_name_or_path,
         id2label=data.id2label,
@@ -321,16 +408,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     teacher, teacher_preprocessing, teacher_accuracy = load_or_train_teacher(
         model_args, data_args, training_args, data, student_preprocessing
     )
-    train, validation, test = attach_transforms(
-        data, data_args, student_preprocessing, teacher_preprocessing
+    streamed_train = (
+        None
+        if stream is None
+        else prepare_streaming_split(
+            stream,
+            preprocessing=student_preprocessing,
+            teacher_preprocessing=teacher_preprocessing,
+            augment=data_args.augment,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+            seed=training_args.seed,
+            shuffle_buffer=data_args.shuffle_buffer,
+        )
+    )
+    train, validation, test = prepare_splits(
+        data,
+        data_args,
+        student_preprocessing,
+        teacher_preprocessing,
+        streamed_train=streamed_train,
     )
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         args=training_args,
-        train_dataset=train,
-        eval_dataset=validation,
-        data_collator=collate_image_batch,
+        train_dataset=train.dataset,
+        eval_dataset=validation.dataset,
+        data_collator=train.collator,
         processing_class=image_processor_for(student, student_preprocessing),
         student_preprocessing=student_preprocessing,
         teacher_preprocessing=teacher_preprocessing,
@@ -341,14 +446,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_split_name="test" if test is not None else "validation",
         teacher_eval_accuracy=teacher_accuracy,
         split_sizes={
-            name: len(split)
+            name: len(split.dataset)
             for name, split in (("train", train), ("validation", validation), ("test", test))
-            if split is not None
+            # a streamed training split has no length
+            if split is not None and hasattr(split.dataset, "__len__")
         },
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = dict(train_result.metrics)
-    metrics.update(trainer.evaluate(test if test is not None else validation))
+    metrics.update(trainer.evaluate((test or validation).dataset))
     if teacher_accuracy is not None:
         metrics["teacher_eval_accuracy"] = teacher_accuracy
     trainer.save_metrics("all", metrics)

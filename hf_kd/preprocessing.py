@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ANTIALIASED_INTERPOLATIONS = ("bilinear", "bicubic")
+TENSOR_INTERPOLATIONS = (*ANTIALIASED_INTERPOLATIONS, "nearest")
 
 
 @dataclass(frozen=True)
@@ -56,3 +60,30 @@ def pil_resampling(interpolation: str) -> Image.Resampling:
             f"{sorted(PIL_RESAMPLING)}"
         )
     return PIL_RESAMPLING[interpolation]
+
+
+def resize_rgb(rgb: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """Resize float RGB in ``[0, 1]``, ``[B, 3, H, W]``, to ``size`` on its device.
+
+    Antialiased, like PIL, when bilinear or bicubic; bicubic overshoot is clamped back to
+    ``[0, 1]``. A batch already at ``size`` is returned as is, whatever ``interpolation``.
+
+    Raises:
+        ValueError: a resize with an interpolation other than :data:`TENSOR_INTERPOLATIONS`.
+    """
+    if tuple(rgb.shape[-2:]) == tuple(size):
+        return rgb
+    if interpolation not in TENSOR_INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation {interpolation!r} is not supported on the device; choose one of "
+            f"{TENSOR_INTERPOLATIONS}"
+        )
+    antialiased = interpolation in ANTIALIASED_INTERPOLATIONS
+    resized = F.interpolate(
+        rgb,
+        size=tuple(size),
+        mode=interpolation,
+        antialias=antialiased,
+        align_corners=False if antialiased else None,
+    )
+    return resized.clamp(0.0, 1.0) if interpolation == "bicubic" else resized

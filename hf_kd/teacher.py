@@ -16,19 +16,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import DistributedType, is_compiled_module
 from torch import Tensor, nn
 
-from hf_kd.preprocessing import ImagePreprocessing
+from hf_kd.preprocessing import TENSOR_INTERPOLATIONS, ImagePreprocessing, resize_rgb
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
-
-ANTIALIASED_INTERPOLATIONS = ("bilinear", "bicubic")
-SUPPORTED_INTERPOLATIONS = (*ANTIALIASED_INTERPOLATIONS, "nearest")
 
 
 class PixelMapping:
@@ -41,10 +37,10 @@ class PixelMapping:
     """
 
     def __init__(self, source: ImagePreprocessing, target: ImagePreprocessing):
-        if target.interpolation not in SUPPORTED_INTERPOLATIONS:
+        if target.interpolation not in TENSOR_INTERPOLATIONS:
             raise ValueError(
                 f"teacher interpolation {target.interpolation!r} is not supported on the device; "
-                f"choose one of {SUPPORTED_INTERPOLATIONS}"
+                f"choose one of {TENSOR_INTERPOLATIONS}"
             )
         self.source = source
         self.target = target
@@ -67,17 +63,7 @@ class PixelMapping:
             )
         source_mean, source_std, target_mean, target_std = self._channel_statistics(pixel_values)
         rgb = pixel_values * source_std + source_mean
-        if tuple(rgb.shape[-2:]) != tuple(self.target.image_size):
-            mode = self.target.interpolation
-            rgb = F.interpolate(
-                rgb,
-                size=tuple(self.target.image_size),
-                mode=mode,
-                antialias=mode in ANTIALIASED_INTERPOLATIONS,
-                align_corners=False if mode in ANTIALIASED_INTERPOLATIONS else None,
-            )
-            if mode == "bicubic":
-                rgb = rgb.clamp(0.0, 1.0)
+        rgb = resize_rgb(rgb, self.target.image_size, self.target.interpolation)
         return (rgb - target_mean) / target_std
 
 

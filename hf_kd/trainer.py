@@ -63,13 +63,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from huggingface_hub import CommitInfo, HfApi
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalLoopOutput, HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress
 
 from hf_kd.arguments import DistillationArguments
+from hf_kd.data.device_views import IMAGES_COLUMN, DeviceViews
+from hf_kd.data.streaming import StreamingImages
 from hf_kd.distillation_token import (
     enable_distilled_training,
     forward_heads,
@@ -301,6 +305,11 @@ class DistillationTrainer(Trainer):
         self._train_means = RunningMeans()
         self._eval_means = RunningMeans()
         self._inputs_validated = False
+        self.device_views = (
+            DeviceViews(student_preprocessing, self.teacher.preprocessing)
+            if student_preprocessing is not None
+            else None
+        )
 
     # ---- inputs and models ----
 
@@ -313,13 +322,57 @@ class DistillationTrainer(Trainer):
         return model
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """On the device; image batches in channels_last when ``args.channels_last``."""
+        """On the device; uint8 views made model inputs there (:meth:`_build_views`); image
+        batches in channels_last when ``args.channels_last``."""
         inputs = super()._prepare_inputs(inputs)
+        if IMAGES_COLUMN in inputs:
+            inputs = self._build_views(inputs)
         if self.args.channels_last:
             for name in IMAGE_COLUMNS:
                 if isinstance(inputs.get(name), Tensor) and inputs[name].ndim == 4:
                     inputs[name] = inputs[name].contiguous(memory_format=torch.channels_last)
         return inputs
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The Trainer's loader, except for a streamed split (:class:`hf_kd.data.StreamingImages`):
+        already this rank's share (``split_dataset_by_node``), it gets a loader that Accelerate
+        neither splits again nor dispatches from rank 0; it only places batches on the
+        device."""
+        if not isinstance(self.train_dataset, StreamingImages):
+            return super().get_train_dataloader()
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
+        return prepare_data_loader(
+            loader,
+            self.args.device,
+            num_processes=1,
+            process_index=0,
+            put_on_device=True,
+            dispatch_batches=False,
+        )
+
+    def _build_views(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A decode-once batch (uint8 ``images``, ``view_params``; :mod:`hf_kd.data.decoded`)
+        augmented, resized and normalised where it is (:class:`hf_kd.data.DeviceViews`); the
+        teacher's view too when the teacher will run on it and has its own preprocessing."""
+        if self.device_views is None:
+            raise ValueError(
+                "the batch holds uint8 'images' (the decode-once path) but the trainer does not "
+                "know the student's preprocessing: pass student_preprocessing= to the trainer"
+            )
+        runs_teacher = (
+            "teacher_logits" not in inputs
+            and self.teacher.model is not None
+            and (self.model.training or self.args.eval_with_teacher)
+        )
+        return self.device_views(inputs, with_teacher=runs_teacher)
 
     # ---- the objective ----
 
@@ -852,7 +905,8 @@ class DistillationTrainer(Trainer):
         size = min(len(dataset), self.args.per_device_eval_batch_size, SPEED_BATCH_SIZE)
         if size == 0:
             raise ValueError("the dataset to time the models on is empty")
-        return self.data_collator([dataset[index] for index in range(size)])
+        batch = self.data_collator([dataset[index] for index in range(size)])
+        return self._build_views(batch) if IMAGES_COLUMN in batch else batch
 
     # ---- logging ----
 

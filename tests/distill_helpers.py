@@ -16,6 +16,7 @@ from transformers import (
 
 from hf_kd.arguments import DistillationArguments
 from hf_kd.models import load_classifier
+from hf_kd.trainer import DistillationTrainer
 
 NUM_CLASSES = 5
 IMAGE_SIZE = 16
@@ -158,3 +159,45 @@ def make_args(output_dir, **overrides: Any) -> DistillationArguments:
     }
     values.update(overrides)
     return DistillationArguments(**values)
+
+
+class ExampleRecordingTrainer(DistillationTrainer):
+    """Records the ``example_id`` of every training batch (streamed splits carry them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen_example_ids: list[list[int]] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.seen_example_ids.append(inputs["example_id"].tolist())
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def write_streaming_parquet(folder, num_files: int, rows_per_file: int, num_classes: int = 3):
+    """A local parquet dataset of ``num_files`` shards: ``image`` (16x16 PNG, a colour per
+    class plus noise), ``label`` (ClassLabel) and ``example_id`` (0, 1, ...)."""
+    import numpy as np
+    from datasets import ClassLabel, Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    features = Features(
+        {
+            "image": Image(),
+            "label": ClassLabel(names=[f"class_{index}" for index in range(num_classes)]),
+            "example_id": Value("int64"),
+        }
+    )
+    generator = np.random.default_rng(0)
+    for shard in range(num_files):
+        ids = list(range(shard * rows_per_file, (shard + 1) * rows_per_file))
+        labels = [example_id % num_classes for example_id in ids]
+        images = [
+            PILImage.fromarray(
+                (generator.normal(60 + 60 * label, 20, (16, 16, 3))).clip(0, 255).astype("uint8")
+            )
+            for label in labels
+        ]
+        Dataset.from_dict(
+            {"image": images, "label": labels, "example_id": ids}, features=features
+        ).to_parquet(f"{folder}/train-{shard:05d}-of-{num_files:05d}.parquet")
+    return folder

@@ -84,6 +84,13 @@ def test_a_small_run_writes_both_result_files(tmp_path):
         added = {entry["operator"] for entry in results[f"{name}_added_operators"]}
         assert "aten::_log_softmax" in added
         assert not added & model_operators, name
+    # timm's own distillation step, timed in the same rounds, against the same floor
+    assert results["timm_task_samples"] == 2 and results["timm_task_cpu_ms"] > 0
+    timm_phases = results["timm_task_phases_cpu_ms"]
+    assert timm_phases["student forward"] > 0 and timm_phases["teacher forward"] > 0
+    floor = results["plain_ms"] + results["teacher_fwd_ms"]
+    assert results["targets"]["timm_task_ms_ratio"] == round(results["timm_task_ms"] / floor, 3)
+    assert "timm_task_peak_mb" not in results
     assert results["machine"]["device"] == "cpu"
     markdown = markdown_path.read_text()
     assert "## Other\n\nkept" in markdown

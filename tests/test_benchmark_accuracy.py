@@ -11,7 +11,6 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image
-from safetensors.torch import load_file
 
 from benchmarks.accuracy import (
     MCLD_ABLATIONS,
@@ -19,58 +18,21 @@ from benchmarks.accuracy import (
     README_END,
     README_START,
     TIERS,
-    AugmentedImages,
+    VIEW_SEED,
     StudentSpec,
     ablation_deltas,
     compare_records,
     distillation_arguments,
-    draw_view_params,
+    load_tensor_data,
     main,
-    normalise,
+    model_inputs,
     planned_runs,
     write_report,
 )
+from hf_kd.data.device_views import apply_view_params, replayed_view_params
+from hf_kd.logit_cache import load_teacher_logit_cache
 from hf_kd.losses import preset
 from hf_kd.models import load_classifier
-
-
-def _images(count: int = 6, size: int = 4) -> torch.Tensor:
-    return torch.arange(count * 3 * size * size, dtype=torch.int64).reshape(count, 3, size, size)
-
-
-def test_a_replayed_view_carries_the_teacher_logits_of_exactly_that_view() -> None:
-    images, labels = _images().to(torch.uint8), torch.arange(6)
-    views = draw_view_params(len(labels), num_views=3, seed=0)
-    # Each view's "teacher logits" encode its own pixels, so a mismatch would show.
-    cached = torch.stack(
-        [
-            torch.stack(
-                [
-                    AugmentedImages(images, labels, views, fixed_view=view)[index]["pixel_values"]
-                    .float()
-                    .sum()
-                    .expand(2)
-                    for view in range(3)
-                ]
-            )
-            for index in range(6)
-        ]
-    )
-    replay = AugmentedImages(images, labels, views, teacher_logits=cached)
-    torch.manual_seed(0)
-    for index in range(6):
-        for _ in range(4):
-            item = replay[index]
-            assert item["teacher_logits"][0] == item["pixel_values"].float().sum()
-            assert item["labels"] == labels[index]
-
-
-def test_pad_crop_and_flip_match_a_hand_made_view() -> None:
-    images, labels = _images(1).to(torch.uint8), torch.zeros(1, dtype=torch.int64)
-    views = torch.tensor([[[0, 4, 1]]])  # top 0, left 4 (2 pixels right of centre), flipped
-    item = AugmentedImages(images, labels, views, fixed_view=0)[0]["pixel_values"]
-    padded = torch.nn.functional.pad(images[0], (2, 2, 2, 2))
-    assert torch.equal(item, padded[:, 0:4, 4:8].flip(-1))
 
 
 def test_warmups_are_scaled_to_the_schedule_for_every_method(tmp_path: Path) -> None:
@@ -244,18 +206,23 @@ def test_cpu_tier_trains_the_teacher_caches_its_views_distils_and_resumes(
     for record in records.values():
         assert 0.0 <= record["top1"] <= 100.0 and record["dataset"] == "tiny_cifar"
 
-    # The cache holds the trained teacher's logits of exactly the replayed 16x16 views.
+    # The library's cache holds the trained teacher's logits of exactly the replayed 16x16
+    # views, made on the decode-once path from the images decoded once into data_cache.
     work = tmp_path / "work"
-    cached = load_file(work / "teacher_logits_4views.safetensors")["teacher_logits"]
-    assert cached.shape == (48, 4, len(TINY_CLASSES)) and cached.dtype == torch.float16
-    data = load_file(next((tmp_path / "data_cache").glob("tiny_cifar-*_16px.safetensors")))
-    assert data["train_images"].shape == (48, 3, 16, 16)
-    views = draw_view_params(48, 4, seed=1234, pad=2)
-    view = AugmentedImages(data["train_images"], data["train_labels"], views, fixed_view=2)[5]
+    cache = load_teacher_logit_cache(work / "teacher_logits_4views")
+    assert (cache.num_rows, cache.num_views, cache.data_path) == (48, 4, "decoded")
+    assert cache.views.view_size == (16, 16) and cache.views.seed == VIEW_SEED
+    tier = TIERS["cpu"]
+    data = load_tensor_data(str(tiny_cifar), 16, tmp_path / "data_cache")
+    assert data.train_images.shape == (48, 3, 16, 16) and data.train_images.dtype == torch.uint8
+    row = int(data.train.row_index[5])
+    params = replayed_view_params(cache.views, "default", [row], [2])
+    view = apply_view_params(data.train_images[5:6], params)
     teacher = load_classifier(str(work / "teacher")).eval()
     with torch.no_grad():
-        logits = teacher(pixel_values=normalise(view["pixel_values"][None])).logits[0]
-    torch.testing.assert_close(cached[5, 2].float(), logits, atol=1e-2, rtol=1e-2)
+        logits = teacher(pixel_values=model_inputs(view, tier)).logits[0]
+    cached = torch.from_numpy(cache.teacher_logits([row])[0, 2])
+    torch.testing.assert_close(cached, logits, atol=1e-2, rtol=1e-2)
 
     summary = json.loads((tmp_path / "results" / "accuracy.json").read_text())
     no_sample = summary["mcld_ablations"]["mcld_no_sample"]

@@ -304,3 +304,37 @@ def test_later_flags_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert data_args.dataset_name == "cifar"
     assert training_args.distillation_method == "mcld"
     assert training_args.remove_unused_columns is False
+
+
+@pytest.mark.slow
+def test_streaming_trains_from_a_local_parquet_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datasets import Dataset
+    from distill_helpers import write_streaming_parquet
+
+    from hf_kd.hub import save_student
+    from hf_kd.preprocessing import ImagePreprocessing
+
+    folder = write_streaming_parquet(tmp_path / "stream", num_files=2, rows_per_file=24)
+    validation = Dataset.from_parquet(str(folder / "train-00001-of-00002.parquet"))
+    validation.to_parquet(str(folder / "validation-00000-of-00001.parquet"))
+    names = {index: f"class_{index}" for index in range(3)}
+    teacher = load_classifier("test_resnet", id2label=names, pretrained=False)
+    save_student(teacher, tmp_path / "teacher", image_processor=ImagePreprocessing((32, 32)))
+    example = load_example(monkeypatch)
+    argv = [
+        "--output_dir", str(tmp_path / "run"), "--dataset_name", str(folder), "--streaming",
+        "--eval_split", "validation", "--max_steps", "4", "--eval_strategy", "no",
+        "--teacher_model_name_or_path", str(tmp_path / "teacher"),
+        "--student_model_kwargs",
+        '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}',
+        "--per_device_train_batch_size", "8", "--max_eval_samples", "16",
+        "--disable_tqdm", "true", "--logging_steps", "2",
+    ]  # fmt: skip
+    metrics = example.main(argv)
+    assert metrics["train_samples_per_second"] > 0 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    with pytest.raises(ValueError, match="--streaming needs --eval_split"):
+        example.main([*argv[:5], "--max_steps", "1"])

@@ -21,6 +21,7 @@ from distill_helpers import (
 )
 from transformers import TimmWrapperForImageClassification, TrainerCallback
 
+from hf_kd.data import DecodedImages, DecodedSplit, collate_decoded_batch
 from hf_kd.host_sync import HostSync, HostSyncRecorder
 from hf_kd.preprocessing import ImagePreprocessing
 from hf_kd.trainer import DistillationTrainer
@@ -99,6 +100,18 @@ def lean_step_trainer(tmp_path, setting: str, **overrides) -> DistillationTraine
             args=make_args(tmp_path, **values),
             train_dataset=PatternDataset(32),
         )
+    if setting == "decoded":
+        # uint8 views of 16x16: shifted, flipped, normalised, resized for the teacher in the step
+        patterns = (PatternDataset(32).pixel_values * 40 + 128).clamp(0, 255).to(torch.uint8)
+        decoded = DecodedSplit(patterns, torch.arange(32) % 5, torch.arange(32))
+        return DistillationTrainer(
+            model=tiny_vit(seed=1),
+            teacher_model=tiny_vit(image_size=8, seed=2),
+            args=make_args(tmp_path, **values),
+            train_dataset=DecodedImages(decoded, train=True, augment="default"),
+            data_collator=collate_decoded_batch,
+            **MAPPED,
+        )
     if setting == "cached":
         cached_logits = torch.randn(32, 5, generator=torch.Generator().manual_seed(0))
         return DistillationTrainer(
@@ -115,7 +128,7 @@ def lean_step_trainer(tmp_path, setting: str, **overrides) -> DistillationTraine
 
 
 @pytest.mark.parametrize(
-    "setting", ["mapped", "cached", "channels_last_cnn", "timm_deit_token", "deit_token"]
+    "setting", ["mapped", "decoded", "cached", "channels_last_cnn", "timm_deit_token", "deit_token"]
 )
 def test_no_host_sync_after_the_first_step(tmp_path, setting):
     trainer = lean_step_trainer(tmp_path, setting)

@@ -45,10 +45,12 @@ AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 PADDING_FRACTION = 1 / 8
 TEACHER_LOGITS_COLUMN = "teacher_logits"
 VIEW_INDEX_COLUMN = "view_index"
+EXAMPLE_ID_COLUMN = "example_id"
 STACKED_KEYS = ("pixel_values", "teacher_pixel_values", TEACHER_LOGITS_COLUMN)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 BatchTransform = Callable[[Mapping[str, Sequence[Any]]], dict[str, list[Any]]]
+RandomInteger = Callable[[int], int]  # n -> a uniform draw from {0, ..., n - 1}
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,23 @@ class ViewReplay:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         pil_resampling(self.interpolation)
 
+    def randint(self, row_index: int, view_index: int) -> RandomInteger:
+        """The source of the augmentation draws of view ``view_index`` of row ``row_index``.
+
+        Raises:
+            ValueError: ``view_index`` outside ``[0, num_views)``.
+        """
+        if not 0 <= int(view_index) < self.num_views:
+            raise ValueError(
+                f"view_index {int(view_index)} of row {int(row_index)} is outside "
+                f"[0, {self.num_views})"
+            )
+        generator = np.random.default_rng((self.seed, int(row_index), int(view_index)))
+        return partial(_numpy_randint, generator)
+
 
 @dataclass(frozen=True)
-class _Augmentation:
+class ViewAugmentation:
     """A random shift (the crop's top-left corner, in pixels) and an optional horizontal flip."""
 
     left: int
@@ -156,10 +172,11 @@ def build_transforms(
                 else f"batch item {position}"
             )
             image = load_rgb_image(stored, where=f"column {image_column!r}, {row}")
-            view = _resize_and_crop(image, canonical_size, canonical_interpolation)
+            view = resize_and_crop(image, canonical_size, canonical_interpolation)
             if augmentation != "none":
                 view = _apply_augmentation(
-                    view, _draw_augmentation(view.size, augmentation, draws[position])
+                    view,
+                    draw_augmentation((view.height, view.width), augmentation, draws[position]),
                 )
             for key, target in outputs.items():
                 transformed[key].append(_to_normalised_tensor(view, target))
@@ -177,19 +194,20 @@ def build_transforms(
 
 def collate_image_batch(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack transformed examples into a batch: ``pixel_values`` (and ``teacher_pixel_values``,
-    ``teacher_logits`` when present) stacked, ``labels`` as int64."""
+    ``teacher_logits`` when present) stacked, ``labels`` (and a streamed split's
+    ``example_id``) as int64."""
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     batch: dict[str, torch.Tensor] = {}
-    for key in (*STACKED_KEYS, "labels"):
+    for key in (*STACKED_KEYS, "labels", EXAMPLE_ID_COLUMN):
         present = sum(key in example for example in examples)
         if present == 0:
             continue
         if present != len(examples):
             raise ValueError(f"{key!r} is in {present} of {len(examples)} examples of the batch")
-        if key == "labels":
-            labels = [int(example[key]) for example in examples]
-            batch[key] = torch.tensor(labels, dtype=torch.int64)
+        if key in ("labels", EXAMPLE_ID_COLUMN):
+            integers = [int(example[key]) for example in examples]
+            batch[key] = torch.tensor(integers, dtype=torch.int64)
         else:
             batch[key] = torch.stack([torch.as_tensor(example[key]) for example in examples])
     return batch
@@ -235,7 +253,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _resize_and_crop(image: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:
+def resize_and_crop(image: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:
     """Resize the shorter side to ``max(size)`` (aspect kept), centre-crop to ``size``."""
     height, width = size
     shorter_side = max(height, width)
@@ -251,9 +269,6 @@ def _resize_and_crop(image: Image.Image, size: tuple[int, int], interpolation: s
     return image.crop((left, top, left + width, top + height))
 
 
-RandomInteger = Callable[[int], int]  # n -> a uniform draw from {0, ..., n - 1}
-
-
 def _augmentation_draws(
     batch: Mapping[str, Sequence[Any]], views: ViewReplay | None, augmentation: str, size: int
 ) -> list[RandomInteger]:
@@ -266,18 +281,12 @@ def _augmentation_draws(
         raise ValueError(
             f"replayed views need the columns {missing} in the batch; columns: {list(batch)}"
         )
-    draws = []
-    for row_index, view_index in zip(
-        batch[ROW_INDEX_COLUMN], batch[VIEW_INDEX_COLUMN], strict=True
-    ):
-        if not 0 <= int(view_index) < views.num_views:
-            raise ValueError(
-                f"view_index {int(view_index)} of row {int(row_index)} is outside "
-                f"[0, {views.num_views})"
-            )
-        generator = np.random.default_rng((views.seed, int(row_index), int(view_index)))
-        draws.append(partial(_numpy_randint, generator))
-    return draws
+    return [
+        views.randint(row_index, view_index)
+        for row_index, view_index in zip(
+            batch[ROW_INDEX_COLUMN], batch[VIEW_INDEX_COLUMN], strict=True
+        )
+    ]
 
 
 def _torch_randint(n: int) -> int:
@@ -288,20 +297,28 @@ def _numpy_randint(generator: np.random.Generator, n: int) -> int:
     return int(generator.integers(n))
 
 
-def _draw_augmentation(
+def shift_padding(view_size: tuple[int, int]) -> tuple[int, int]:
+    """The largest shift ``(pad_y, pad_x)`` of a ``(height, width)`` view: 1/8 of each side."""
+    height, width = view_size
+    return round(height * PADDING_FRACTION), round(width * PADDING_FRACTION)
+
+
+def draw_augmentation(
     view_size: tuple[int, int], augmentation: str, randint: RandomInteger
-) -> _Augmentation:
-    """A shift of up to ``PADDING_FRACTION`` of each side, and a flip for ``"default"``."""
-    width, height = view_size
-    pad_x = round(width * PADDING_FRACTION)
-    pad_y = round(height * PADDING_FRACTION)
+) -> ViewAugmentation:
+    """The augmentation of one ``(height, width)`` view: a shift uniform in
+    ``[-pad, pad]`` along each axis (:func:`shift_padding`), drawn x first, and, for
+    ``"default"``, a flip with probability 1/2; nothing for ``"none"``."""
+    if augmentation == "none":
+        return ViewAugmentation(left=0, top=0, flip=False)
+    pad_y, pad_x = shift_padding(view_size)
     left = randint(2 * pad_x + 1) - pad_x
     top = randint(2 * pad_y + 1) - pad_y
     flip = augmentation == "default" and randint(2) == 1
-    return _Augmentation(left=left, top=top, flip=flip)
+    return ViewAugmentation(left=left, top=top, flip=flip)
 
 
-def _apply_augmentation(view: Image.Image, augmentation: _Augmentation) -> Image.Image:
+def _apply_augmentation(view: Image.Image, augmentation: ViewAugmentation) -> Image.Image:
     left, top = augmentation.left, augmentation.top
     # crop() beyond the border fills with zeros: a zero-padded random shift
     view = view.crop((left, top, left + view.width, top + view.height))

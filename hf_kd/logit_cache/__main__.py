@@ -101,6 +101,14 @@ class CacheTeacherLogitsArguments:
         default=1, metadata={"help": "Augmented views cached per image (1 with augment=none)."}
     )
     view_seed: int = field(default=0, metadata={"help": "Seed of the views' augmentations."})
+    data_path: Literal["pil", "decoded"] = field(
+        default="pil",
+        metadata={
+            "help": "The data path the student will train on, which makes the teacher's views "
+            "too: 'pil' or 'decoded' (decode once, build views on the device). A cache is "
+            "refused on the other path."
+        },
+    )
     autocast: Literal["none", "bfloat16", "float16"] = field(
         default="none", metadata={"help": "Run the teacher under autocast in this dtype."}
     )
@@ -170,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> TeacherLogitCache:
         augment=args.augment,
         num_views=args.num_views,
         view_seed=args.view_seed,
+        data_path=args.data_path,
         autocast_dtype=AUTOCAST_DTYPES[args.autocast],
         num_workers=args.num_workers,
         overwrite=args.overwrite,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from hf_kd.data.decoded import DecodedImages
 from hf_kd.data.loading import ROW_INDEX_COLUMN
 from hf_kd.data.transforms import (
     AUGMENTATIONS,
@@ -23,14 +24,20 @@ from hf_kd.preprocessing import ImagePreprocessing
 
 
 def with_cached_teacher_logits(
-    split: Dataset,
+    split: Dataset | DecodedImages,
     cache: TeacherLogitCache,
     *,
     student: torch.nn.Module,
-    preprocessing: ImagePreprocessing,
+    preprocessing: ImagePreprocessing | None = None,
     augment: Augmentation | None = None,
-) -> Dataset:
+) -> Dataset | DecodedImages:
     """``split`` with a training transform that adds the teacher's cached logits to each example.
+
+    ``split`` is a ``datasets.Dataset`` (the PIL path; ``preprocessing`` is the student's) or
+    a :class:`hf_kd.data.DecodedImages` (the decode-once path: its batches then carry the
+    cached logits and each chosen view's replayed ``view_params``; the trainer's
+    :class:`hf_kd.data.DeviceViews` applies the student's preprocessing). The cache must have
+    been made on the same path (``cache_teacher_logits(..., data_path=...)``).
 
     Each example is joined to the cache by ``row_index``. When the cache holds several
     augmented views per row, each access picks one view ``k`` at random (the global torch
@@ -53,8 +60,9 @@ def with_cached_teacher_logits(
 
     Raises:
         ValueError: the student's classes differ from the cached teacher's, ``augment``
-            differs from the cache's, the split lacks ``row_index``, rows absent from the
-            cache, or labels that differ from the cached ones (another dataset).
+            differs from the cache's, the cache was made on the other data path, the split
+            lacks ``row_index``, rows absent from the cache, or labels that differ from the
+            cached ones (another dataset).
     """
     cache.check_student(student)
     if augment is not None and augment not in AUGMENTATIONS:
@@ -67,12 +75,19 @@ def with_cached_teacher_logits(
             f"cache_teacher_logits(..., augment={augment!r}, num_views=K)"
             + (" (K > 1)" if augment != "none" else "")
         )
+    if isinstance(split, DecodedImages):
+        cache.require_data_path("decoded")
+        _check_labels(split.decoded.row_index.numpy(), split.decoded.labels.numpy(), cache)
+        return split.with_teacher_logits(cache)
+    cache.require_data_path("pil")
+    if preprocessing is None:
+        raise ValueError("the PIL path needs preprocessing= (the student's)")
     if ROW_INDEX_COLUMN not in split.column_names:
         raise ValueError(
             f"the split has no {ROW_INDEX_COLUMN!r} column to join the cache on; columns: "
             f"{split.column_names}. Load it with hf_kd.data.load_image_dataset"
         )
-    _check_rows_and_labels(split, cache)
+    _check_labels(*row_indices_and_labels(split), cache)
     transform = build_transforms(
         preprocessing, train=True, augment=cache.augment, views=cache.views
     )
@@ -93,8 +108,7 @@ def with_cached_teacher_logits(
     return split.with_transform(add_cached_teacher_logits)
 
 
-def _check_rows_and_labels(split: Dataset, cache: TeacherLogitCache) -> None:
-    row_indices, labels = row_indices_and_labels(split)
+def _check_labels(row_indices: np.ndarray, labels: np.ndarray, cache: TeacherLogitCache) -> None:
     cached_labels = cache.labels[cache.positions(row_indices)]
     wrong = np.flatnonzero(cached_labels != labels)
     if len(wrong):

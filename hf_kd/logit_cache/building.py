@@ -6,13 +6,15 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal, get_args
 
 import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from hf_kd.data.decoded import decode_split
+from hf_kd.data.device_views import apply_view_params, model_input, replayed_view_params
 from hf_kd.data.loading import IMAGE_COLUMN, LABEL_COLUMN, ROW_INDEX_COLUMN
 from hf_kd.data.transforms import (
     AUGMENTATIONS,
@@ -39,6 +41,9 @@ from hf_kd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
+CacheDataPath = Literal["pil", "decoded"]
+CACHE_DATA_PATHS: tuple[str, ...] = get_args(CacheDataPath)
+
 
 def cache_teacher_logits(
     teacher: torch.nn.Module,
@@ -59,6 +64,8 @@ def cache_teacher_logits(
     overwrite: bool = False,
     source: Mapping[str, Any] | None = None,
     disable_tqdm: bool = False,
+    data_path: CacheDataPath = "pil",
+    decoded_cache_dir: str | os.PathLike[str] | None = None,
 ) -> TeacherLogitCache:
     """Run ``teacher`` once over every row (and view) of ``dataset_split``; store its logits.
 
@@ -104,6 +111,12 @@ def cache_teacher_logits(
         overwrite: replace a cache already at ``output_path``.
         source: informational names stored in the metadata (teacher and dataset ids).
         disable_tqdm: hide the progress bar over the views (:func:`hf_kd.progress.progress_bar`).
+        data_path: how the teacher's views are made, as training will make the student's:
+            ``"pil"`` (:func:`hf_kd.data.build_transforms`) or ``"decoded"`` (decode once,
+            :func:`hf_kd.data.decode_split` into ``decoded_cache_dir``, then augment, resize
+            and normalise on the teacher's device, :class:`hf_kd.data.DeviceViews`). The two
+            draw the same views; resizes differ slightly (PIL vs ``torch``), so the path is
+            part of the cache's identity and training on the other path refuses the cache.
 
     Returns:
         The cache, loaded.
@@ -121,6 +134,8 @@ def cache_teacher_logits(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if data_path not in CACHE_DATA_PATHS:
+        raise ValueError(f"data_path must be one of {CACHE_DATA_PATHS}, got {data_path!r}")
     views = ViewReplay(
         view_size=tuple(view_size or preprocessing.image_size),
         interpolation=preprocessing.interpolation,
@@ -139,32 +154,33 @@ def cache_teacher_logits(
             "interpolation": views.interpolation,
             "num_views": views.num_views,
             "seed": views.seed,
+            "data_path": data_path,
         },
         "storage": {"autocast": None if autocast_dtype is None else str(autocast_dtype)},
         "teacher_id2label": _id2label_of(teacher),
     }
     _check_labels(split, getattr(getattr(teacher, "config", None), "num_labels", None))
     writer = CacheWriter(output_path, dtype=dtype, top_k=top_k, overwrite=overwrite)
-    loader = DataLoader(
-        _RowViews(
-            split,
-            build_transforms(preprocessing, train=True, augment=augment, views=views),
-            num_views,
-        ),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate_views,
-    )
     parameter = next(teacher.parameters())
     was_training = teacher.training
     teacher.eval()
     started = time.perf_counter()
+    batches = (
+        _decoded_view_batches(
+            split, preprocessing, augment, views, batch_size, parameter.device, decoded_cache_dir
+        )
+        if data_path == "decoded"
+        else _pil_view_batches(split, preprocessing, augment, views, batch_size, num_workers)
+    )
     bar = progress_bar(
-        desc="Caching teacher logits", total=len(loader.dataset), unit="view", disable=disable_tqdm
+        desc="Caching teacher logits",
+        total=len(split) * num_views,
+        unit="view",
+        disable=disable_tqdm,
     )
     try:
         with bar:
-            for batch in loader:
+            for batch in batches:
                 pixel_values = batch["pixel_values"].to(parameter.device, dtype=parameter.dtype)
                 with torch.inference_mode(), _precision(parameter.device, autocast_dtype):
                     logits = teacher(pixel_values=pixel_values).logits
@@ -191,6 +207,58 @@ def _id2label_of(teacher: torch.nn.Module) -> dict[str, str] | None:
     if config is None:
         return None
     return {str(index): str(name) for index, name in config.id2label.items()}
+
+
+def _pil_view_batches(
+    split: Dataset,
+    preprocessing: ImagePreprocessing,
+    augment: Augmentation,
+    views: ViewReplay,
+    batch_size: int,
+    num_workers: int,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Every view of every row, made by the PIL transforms in ``DataLoader`` workers."""
+    return iter(
+        DataLoader(
+            _RowViews(
+                split,
+                build_transforms(preprocessing, train=True, augment=augment, views=views),
+                views.num_views,
+            ),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate_views,
+        )
+    )
+
+
+def _decoded_view_batches(
+    split: Dataset,
+    preprocessing: ImagePreprocessing,
+    augment: Augmentation,
+    views: ViewReplay,
+    batch_size: int,
+    device: torch.device,
+    decoded_cache_dir: str | os.PathLike[str] | None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Every view of every row, from the decoded split, augmented and normalised on
+    ``device`` as :class:`hf_kd.data.DeviceViews` does in training."""
+    decoded = decode_split(split, views.view_size, views.interpolation, cache_dir=decoded_cache_dir)
+    total = len(decoded) * views.num_views
+    for start in range(0, total, batch_size):
+        items = torch.arange(start, min(start + batch_size, total))
+        positions, view_index = items // views.num_views, items % views.num_views
+        row_index = decoded.row_index[positions]
+        images = decoded.images[positions].to(device)
+        if augment != "none":
+            params = replayed_view_params(views, augment, row_index.numpy(), view_index.numpy())
+            images = apply_view_params(images, params)
+        yield {
+            "pixel_values": model_input(images, preprocessing),
+            ROW_INDEX_COLUMN: row_index,
+            VIEW_INDEX_COLUMN: view_index,
+            "labels": decoded.labels[positions],
+        }
 
 
 def _precision(

@@ -112,6 +112,22 @@ class TeacherLogitCache:
         return self.metadata["views"]["augment"]
 
     @property
+    def data_path(self) -> str:
+        """Which data path made the views: ``"pil"`` or ``"decoded"`` (caches made before the
+        decoded path existed were made by PIL)."""
+        return self.metadata["views"].get("data_path", "pil")
+
+    def require_data_path(self, data_path: str) -> None:
+        """Raise ``ValueError`` unless the cache's views were made by ``data_path``."""
+        if self.data_path != data_path:
+            raise ValueError(
+                f"the teacher-logit cache at {self.path} was made on the {self.data_path!r} data "
+                f"path but the student trains on the {data_path!r} one, whose resizes differ: "
+                f"rebuild it with cache_teacher_logits(..., data_path={data_path!r}) or train on "
+                f"the {self.data_path!r} path"
+            )
+
+    @property
     def views(self) -> ViewReplay:
         """The view geometry and seeds to replay: give it to ``build_transforms(views=...)``."""
         views = self.metadata["views"]
