@@ -42,6 +42,7 @@ from hf_kd.data import (
     collate_image_batch,
     load_image_dataset,
 )
+from hf_kd.hub import save_student
 from hf_kd.metrics import compute_accuracy_metrics
 from hf_kd.models import (
     image_processor_for,
@@ -236,6 +237,10 @@ def train_teacher(
         use_cpu=training_args.use_cpu,
         remove_unused_columns=False,
         dataloader_num_workers=training_args.dataloader_num_workers,
+        # the distillation run's device-fitted defaults (no pinning without an accelerator,
+        # no per-step search for unused parameters under DDP)
+        dataloader_pin_memory=training_args.dataloader_pin_memory,
+        ddp_find_unused_parameters=training_args.ddp_find_unused_parameters,
     )
     trainer = Trainer(
         model=teacher,
@@ -247,8 +252,9 @@ def train_teacher(
     )
     trainer.train()
     accuracy = trainer.predict(test if test is not None else validation).metrics["test_accuracy"]
-    trainer.save_model(teacher_dir)
     if trainer.is_world_process_zero():
+        # the layout timm ("local-dir:") and transformers both load, as for the student
+        save_student(teacher, teacher_dir, image_processor=preprocessing)
         with open(os.path.join(teacher_dir, TEACHER_RESULTS_FILE), "w") as handle:
             json.dump({"eval_accuracy": accuracy}, handle)
     trainer.accelerator.wait_for_everyone()
@@ -334,6 +340,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # the card reports the last evaluation: the test split's, below
         eval_split_name="test" if test is not None else "validation",
         teacher_eval_accuracy=teacher_accuracy,
+        split_sizes={
+            name: len(split)
+            for name, split in (("train", train), ("validation", validation), ("test", test))
+            if split is not None
+        },
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = dict(train_result.metrics)

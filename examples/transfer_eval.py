@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from transformers import HfArgumentParser
 
 from hf_kd.hub import push_files_to_hub, push_student_to_hub
 from hf_kd.model_card import write_card_with_transfer_result
-from hf_kd.models import preprocessing_for
+from hf_kd.models import load_classifier, load_image_processor, preprocessing_for
 from hf_kd.transfer import (
     TRANSFER_RESULTS_FILE,
     LinearProbeConfig,
@@ -46,7 +46,10 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TransferArguments:
     model_name_or_path: str = field(
-        metadata={"help": "The frozen model: a Hub id or a local folder (an hf-kd student)."}
+        metadata={
+            "help": "The frozen model: a local folder (an hf-kd student) or a Hub id, read as "
+            "hf_kd.models.load_classifier reads it."
+        }
     )
     dataset_name: str = field(
         metadata={
@@ -128,11 +131,11 @@ def main(argv: list[str] | None = None) -> TransferResult:
     )
     (args,) = HfArgumentParser(TransferArguments).parse_args_into_dataclasses(args=argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModelForImageClassification.from_pretrained(
-        args.model_name_or_path, trust_remote_code=args.trust_remote_code
-    ).to(device)
+    model = load_classifier(args.model_name_or_path, trust_remote_code=args.trust_remote_code).to(
+        device
+    )
     try:
-        image_processor = AutoImageProcessor.from_pretrained(
+        image_processor = load_image_processor(
             args.model_name_or_path, trust_remote_code=args.trust_remote_code
         )
     except (OSError, ValueError):

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from transformers import TrainingArguments
 
 from hf_kd.losses import available_losses, available_presets, build_loss, preset
@@ -31,6 +32,12 @@ DEFAULT_WARMUP_PRESET = "cifar100"
 DISTILLATION_TOKEN_LOSSES = ("hard", "method")
 
 
+def accelerator_available() -> bool:
+    """Whether torch sees an accelerator that pinned memory serves (CUDA before torch 2.6)."""
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 @dataclass
 class DistillationArguments(TrainingArguments):
     """Training arguments of a distillation run (``TrainingArguments`` + the objective).
@@ -39,8 +46,9 @@ class DistillationArguments(TrainingArguments):
     ``w`` the outer warm-up of DKD, RLD and NormKD+DKD (see
     :class:`hf_kd.objective.DistillationObjective`).
 
-    Two parent defaults change: ``remove_unused_columns=False`` and
-    ``logging_nan_inf_filter=False`` (see their help).
+    Parent defaults that change (see their help): ``remove_unused_columns=False``,
+    ``logging_nan_inf_filter=False``, ``ddp_find_unused_parameters=False``,
+    ``dataloader_pin_memory`` on only when an accelerator is available.
     """
 
     remove_unused_columns: bool = field(
@@ -61,6 +69,26 @@ class DistillationArguments(TrainingArguments):
             "loss on the host, a device synchronisation in every training step. hf-kd instead "
             "counts non-finite logits and loss parts on the device and raises a ValueError at the "
             "next log, naming the teacher or the student."
+        },
+    )
+    dataloader_pin_memory: bool = field(
+        default_factory=accelerator_available,
+        metadata={
+            "help": "Pin the data loaders' CPU memory for faster copies to the accelerator. hf-kd "
+            "changes the Trainer default from True to 'on only when an accelerator (CUDA, XPU, "
+            "MPS, ...) is available': without one pinning does nothing and torch warns at every "
+            "data loader. --use_cpu turns it off too."
+        },
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DistributedDataParallel's find_unused_parameters. hf-kd changes the Trainer "
+            "default from None (which means True unless gradient checkpointing is on) to False: "
+            "every parameter of a classifier's forward gets a gradient (the teacher is not part "
+            "of the DDP module), and True costs a traversal of the autograd graph at every step "
+            "and a warning on every rank. Set it True for a student with parameters its forward "
+            "does not use (DDP then stops with an error naming find_unused_parameters)."
         },
     )
     distillation_method: str = field(

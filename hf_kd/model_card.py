@@ -18,6 +18,7 @@ import logging
 import re
 import shutil
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,8 @@ DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "student_card
 CARD_DATA_FILE = "student_card.json"
 TRAINING_CURVES_FILE = "training_curves.png"
 TASK = "image-classification"
+# the libraries a card lists with their versions, as the Trainer's own cards do
+FRAMEWORKS = ("hf-kd", "torch", "transformers", "timm", "datasets", "accelerate")
 
 # TrainingArguments fields a card lists as training hyperparameters (when set)
 TRAINING_HYPERPARAMETERS = (
@@ -61,12 +64,20 @@ class ModelSummary:
     """A model as a card names it: Hub id, path or architecture, size and library.
 
     ``parameters`` and ``library`` are ``None`` when unknown (a teacher seen only through
-    its cached logits).
+    its cached logits). ``architecture`` is the timm architecture or transformers model
+    type, ``model_args`` the arguments it was built with that differ from that
+    architecture's defaults (timm ``create_model`` kwargs, or config attributes), which
+    ``name`` states too (``vit_tiny_patch16_224 with img_size=32, depth=4``).
+    ``initialisation`` is the checkpoint (Hub id or folder) whose weights the model started
+    from; ``None`` when it was randomly initialised (trained from scratch).
     """
 
     name: str
     parameters: int | None
     library: Literal["timm", "transformers"] | None
+    initialisation: str | None = None
+    architecture: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: nn.Module, name: str | None = None) -> ModelSummary:
@@ -75,7 +86,17 @@ class ModelSummary:
             library = "timm"
         else:
             library = "transformers" if isinstance(model, PreTrainedModel) else None
-        return cls(name or model_name_of(model), count_parameters(model), library)
+        architecture, model_args = architecture_of(model)
+        config = getattr(model, "config", None)
+        return cls(
+            name=described_name(name or model_name_of(model), architecture, model_args),
+            parameters=count_parameters(model),
+            library=library,
+            # from_pretrained (and hf_kd.models.load_classifier) record where weights came from
+            initialisation=getattr(config, "name_or_path", None) or None,
+            architecture=architecture,
+            model_args=model_args,
+        )
 
 
 def model_name_of(model: nn.Module) -> str:
@@ -91,9 +112,61 @@ def model_name_of(model: nn.Module) -> str:
     return config.model_type or type(model).__name__
 
 
+# Config entries that are not the architecture: labels, bookkeeping, dtype.
+NOT_ARCHITECTURE_CONFIG_KEYS = frozenset(
+    {
+        "architectures",
+        "dtype",
+        "id2label",
+        "label2id",
+        "model_type",
+        "problem_type",
+        "torch_dtype",
+        "transformers_version",
+    }
+)
+
+
+def architecture_of(model: nn.Module) -> tuple[str | None, dict[str, Any]]:
+    """``(architecture, model_args)``: a timm model's architecture and ``create_model``
+    kwargs; a transformers model's type and the config attributes that differ from that
+    type's defaults; ``(None, {})`` for anything else."""
+    config = getattr(model, "config", None)
+    if is_timm_model(model):
+        return config.architecture, dict(config.model_args or {})
+    if not isinstance(model, PreTrainedModel):
+        return None, {}
+    defaults = type(config)().to_dict()
+    changed = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in NOT_ARCHITECTURE_CONFIG_KEYS
+        and not key.startswith("_")
+        and key in defaults
+        and defaults[key] != value
+    }
+    return config.model_type, changed
+
+
+def described_name(name: str, architecture: str | None, model_args: dict[str, Any]) -> str:
+    """``name``, followed by how it was built when ``model_args`` change its architecture:
+    ``vit_tiny_patch16_224 with img_size=32``, ``folder (vit_tiny_patch16_224 with ...)``."""
+    if not model_args:
+        return name
+    built = ", ".join(f"{key}={value}" for key, value in model_args.items())
+    if name == architecture:
+        return f"{name} with {built}"
+    return f"{name} ({architecture} with {built})"
+
+
 @dataclass
 class TrainingSetup:
-    """How the student was trained: data, scale, precision, seed and optimiser settings."""
+    """How the student was trained: data, scale, precision, seed and optimiser settings.
+
+    ``epochs`` and ``steps`` are what was trained (the Trainer state's fractional epoch and
+    optimizer steps), not what was planned (``num_train_epochs`` or ``max_steps``, among the
+    ``hyperparameters``).
+    """
 
     dataset: str
     global_batch_size: int
@@ -102,13 +175,27 @@ class TrainingSetup:
     precision: str
     seed: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_training_args(cls, args: TrainingArguments, dataset: str) -> TrainingSetup:
-        """Read the setup off the ``TrainingArguments`` of the run (in the process that ran it).
+    def from_training_args(
+        cls,
+        args: TrainingArguments,
+        dataset: str,
+        *,
+        epochs: float,
+        steps: int,
+        split_sizes: dict[str, int] | None = None,
+    ) -> TrainingSetup:
+        """Read the setup off the ``TrainingArguments`` of the run (in the process that ran it)
+        and the ``epochs`` and optimizer ``steps`` it trained.
 
         ``global_batch_size = per_device_train_batch_size * gradient_accumulation_steps *
         world_size``; precision is ``bf16``, ``fp16`` or ``fp32`` (autocast for the half ones).
+        The planned length is ``max_steps`` when set (it overrides the epochs), else
+        ``num_train_epochs``. ``split_sizes``: images per split (``train``, ``validation``,
+        ``test``).
         """
         hyperparameters = {
             name: _plain(getattr(args, name))
@@ -117,16 +204,71 @@ class TrainingSetup:
         }
         if args.max_steps > 0:
             hyperparameters["max_steps"] = args.max_steps
+        else:
+            hyperparameters["num_train_epochs"] = float(args.num_train_epochs)
         return cls(
             dataset=dataset,
             global_batch_size=args.per_device_train_batch_size
             * args.gradient_accumulation_steps
             * args.world_size,
             world_size=args.world_size,
-            epochs=float(args.num_train_epochs),
+            epochs=round(float(epochs), 4),
             precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
             seed=args.seed,
             hyperparameters=hyperparameters,
+            steps=steps,
+            split_sizes=dict(split_sizes or {}),
+        )
+
+
+def framework_versions() -> dict[str, str]:
+    """The installed version of each of :data:`FRAMEWORKS` (``"not installed"`` if absent)."""
+    versions = {}
+    for name in FRAMEWORKS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+@dataclass
+class HubMetadata:
+    """What a caller of ``Trainer.create_model_card`` adds to the card's metadata.
+
+    The arguments of that name in transformers' Trainer (each a string or a list):
+    ``language``, extra ``tags``, ``tasks`` (the model-index task), ``dataset_tags`` (the
+    training datasets' Hub ids) and ``dataset_args`` (their config, in the model-index).
+    """
+
+    language: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    dataset_tags: list[str] = field(default_factory=list)
+    dataset_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        language: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> HubMetadata:
+        """From the Trainer's arguments, each a string, a list or ``None``."""
+        return cls(
+            _as_list(language),
+            _as_list(tags),
+            _as_list(tasks),
+            _as_list(dataset_tags),
+            _as_list(dataset_args),
         )
 
 
@@ -165,10 +307,12 @@ class StudentCard:
     objective's ``total = ce_weight * CE + kd_weight * w(epoch) * loss``;
     ``loss_hyperparameters`` are the distillation loss's own (``build_loss(method,
     **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
-    measured on ``eval_split`` of ``training.dataset``. ``distillation_token``: the student
-    has a distillation token (DeiT): its class head learns CE, its distillation head the
-    loss, its prediction (``eval_accuracy``) averages both; ``eval_cls_accuracy`` and
-    ``eval_distillation_accuracy`` are each head's top-1.
+    measured on ``eval_split`` of ``training.dataset``. The usage snippets load ``repo_id``
+    when the student is on the Hub, else ``local_dir``, the folder the card was written to.
+    ``framework_versions`` are those of the training run.
+    ``distillation_token``: the student has a distillation token (DeiT): its class head
+    learns CE, its distillation head the loss, its prediction (``eval_accuracy``) averages
+    both; ``eval_cls_accuracy`` and ``eval_distillation_accuracy`` are each head's top-1.
     """
 
     model_name: str
@@ -191,6 +335,9 @@ class StudentCard:
     license: str = "apache-2.0"
     repo_id: str | None = None
     training_curves: str | None = None
+    hub_metadata: HubMetadata = field(default_factory=HubMetadata)
+    framework_versions: dict[str, str] = field(default_factory=dict)
+    local_dir: str | None = None
     distillation_token: bool = False
     eval_cls_accuracy: float | None = None
     eval_distillation_accuracy: float | None = None
@@ -206,6 +353,7 @@ class StudentCard:
         data["student"] = ModelSummary(**data["student"])
         data["teacher"] = ModelSummary(**data["teacher"])
         data["training"] = TrainingSetup(**data["training"])
+        data["hub_metadata"] = HubMetadata(**data.get("hub_metadata", {}))
         data["speed"] = InferenceSpeed(**data["speed"]) if data.get("speed") else None
         data["transfer_results"] = [
             TransferResult.from_dict(result) for result in data.get("transfer_results", [])
@@ -246,15 +394,22 @@ def transfer_eval_result(result: TransferResult) -> EvalResult:
 
 
 def card_metadata(card: StudentCard) -> ModelCardData:
-    """The YAML metadata: library, task, tags, datasets, base model, license, model-index."""
+    """The YAML metadata: library, task, tags, language, datasets, base model, license and the
+    model-index (``hub_metadata`` given to ``create_model_card`` added or taking precedence)."""
+    hub = card.hub_metadata
     eval_results = []
     if card.eval_accuracy is not None:
         eval_results.append(
             EvalResult(
-                task_type=TASK,
+                task_type=hub.tasks[0] if hub.tasks else TASK,
                 task_name="Image Classification",
-                dataset_type=_dataset_type(card.training.dataset),
+                dataset_type=(
+                    hub.dataset_tags[0]
+                    if hub.dataset_tags
+                    else _dataset_type(card.training.dataset)
+                ),
                 dataset_name=card.training.dataset,
+                dataset_args=hub.dataset_args[0] if hub.dataset_args else None,
                 dataset_split=card.eval_split,
                 metric_type="accuracy",
                 metric_value=round(card.eval_accuracy, 4),
@@ -267,13 +422,23 @@ def card_metadata(card: StudentCard) -> ModelCardData:
         tags.append("logit-standardization")
     if card.student.library == "timm":
         tags += ["timm", "transformers"]
+    tags += [tag for tag in hub.tags if tag not in tags]
+    datasets = hub.dataset_tags or (
+        [card.training.dataset] if is_hub_id(card.training.dataset) else None
+    )
     return ModelCardData(
         model_name=card.model_name,
+        language=hub.language or None,
         library_name=card.student.library,
         pipeline_tag=TASK,
         tags=tags,
-        datasets=[card.training.dataset] if is_hub_id(card.training.dataset) else None,
-        base_model=card.teacher.name if is_hub_id(card.teacher.name) else None,
+        datasets=datasets,
+        # the student's own initialisation; never the teacher (not a fine-tune of it)
+        base_model=(
+            card.student.initialisation
+            if card.student.initialisation and is_hub_id(card.student.initialisation)
+            else None
+        ),
         license=card.license,
         metrics=["accuracy"],
         eval_results=eval_results or None,
@@ -330,17 +495,23 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "logit_standardization": card.logit_standardization,
     }
     training = card.training
+    sizes = " / ".join(f"{split} {size}" for split, size in training.split_sizes.items())
     setup = [
         ("dataset", training.dataset),
+        *([("images per split", sizes)] if sizes else []),
         ("global batch size", training.global_batch_size),
         ("world size (processes)", training.world_size),
-        ("epochs", training.epochs),
+        ("epochs trained", round(training.epochs, 2)),
+        *([("optimizer steps", training.steps)] if training.steps is not None else []),
         ("precision", training.precision),
         ("seed", training.seed),
     ]
     return {
         "model_name": card.model_name,
-        "repo_id": card.repo_id or card.model_name,
+        "model_reference": card.repo_id or card.local_dir or card.model_name,
+        "timm_reference": (
+            f"hf-hub:{card.repo_id}" if card.repo_id else f"local-dir:{card.local_dir}"
+        ),
         "dataset": training.dataset,
         "student": card.student,
         "teacher": card.teacher,
@@ -367,12 +538,22 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "training_curves": card.training_curves,
         "is_timm": card.student.library == "timm",
         "distillation_token": card.distillation_token,
+        "framework_versions": card.framework_versions,
+        "eval_splits": _eval_splits(card),
         "citations": citations_for(
             card.method,
             logit_standardization=card.logit_standardization,
             distillation_token=card.distillation_token,
         ),
     }
+
+
+def _eval_splits(card: StudentCard) -> str:
+    """Which split the plotted evaluations used: validation during training, then
+    ``eval_split`` for the evaluations after it."""
+    if card.eval_split == "validation":
+        return "the validation split"
+    return f"the validation split during training, the {card.eval_split} split after it"
 
 
 def render_model_card(card: StudentCard, template_path: str | Path | None = None) -> str:
@@ -398,11 +579,15 @@ def write_model_card(
 ) -> StudentCard:
     """Write ``README.md``, ``student_card.json`` and (from ``log_history``) the curves PNG.
 
-    Returns the card as written (``training_curves`` set when the plot was drawn).
+    Returns the card as written (``local_dir`` set to ``output_dir`` unless it names a Hub
+    repo, ``training_curves`` when the plot was drawn).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if log_history and plot_training_curves(log_history, output_dir / TRAINING_CURVES_FILE):
+    card = dataclasses.replace(card, local_dir=None if card.repo_id else str(output_dir))
+    if log_history and plot_training_curves(
+        log_history, output_dir / TRAINING_CURVES_FILE, final_eval_split=card.eval_split
+    ):
         card = dataclasses.replace(card, training_curves=TRAINING_CURVES_FILE)
     (output_dir / CARD_DATA_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     (output_dir / "README.md").write_text(render_model_card(card, template_path), encoding="utf-8")

@@ -37,6 +37,8 @@ from typing import Any
 
 import timm
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 from transformers import (
     CONFIG_MAPPING,
@@ -106,6 +108,8 @@ def load_classifier(
     Raises:
         ValueError: inconsistent labels, ``num_classes`` in ``model_kwargs``, unknown config
             attributes, or ``pretrained=True`` for a bare model type (it has no weights).
+        FileNotFoundError: ``name_or_path`` is neither an existing folder nor a valid Hub id
+            (nor a timm architecture or model type).
     """
     labels = _label_maps(num_labels, id2label, label2id)
     model_kwargs = dict(model_kwargs or {})
@@ -125,6 +129,7 @@ def load_classifier(
         return _create_timm_classifier(name_or_path, labels, pretrained, model_kwargs)
     if name_or_path in CONFIG_MAPPING:
         return _create_from_model_type(name_or_path, labels, pretrained, model_kwargs)
+    check_hub_model_id(name_or_path)
     return _load_checkpoint(name_or_path, labels, pretrained, model_kwargs, trust_remote_code)
 
 
@@ -136,6 +141,7 @@ def load_image_processor(
     ``None`` for timm architecture names and transformers model types (no checkpoint) and for
     a local directory holding neither ``preprocessor_config.json`` nor timm settings
     (``pretrained_cfg`` in ``config.json``); otherwise ``AutoImageProcessor.from_pretrained``.
+    A name that is neither an existing folder nor a valid Hub id is a ``FileNotFoundError``.
     Pass the result to :func:`preprocessing_for`: a pretrained transformers checkpoint's
     normalisation is recorded only in its processor.
     """
@@ -147,7 +153,23 @@ def load_image_processor(
     ):
         return None
     hub_id_or_path = name_or_path.removeprefix("hf-hub:")
+    if not os.path.isdir(hub_id_or_path):
+        check_hub_model_id(hub_id_or_path)
     return AutoImageProcessor.from_pretrained(hub_id_or_path, trust_remote_code=trust_remote_code)
+
+
+def check_hub_model_id(name: str) -> None:
+    """Raise ``FileNotFoundError`` unless ``name``, which is not a local folder, is a valid
+    Hub model id: a mistyped folder would otherwise end in the Hub client's repo-id error."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError as error:
+        found = "is a file, not a model folder" if os.path.exists(name) else "does not exist"
+        raise FileNotFoundError(
+            f"cannot load the model {name!r}: the local folder {os.path.abspath(name)} {found}, "
+            f"and {name!r} is not a valid Hub model id either ({error}). Pass an existing "
+            "folder, a Hub id (owner/name), a timm architecture or a transformers model type"
+        ) from None
 
 
 def is_timm_model(model: PreTrainedModel) -> bool:
@@ -349,6 +371,11 @@ def _create_timm_classifier(
     _apply_label_maps(config, labels)
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(timm_model.state_dict())
+    if pretrained:
+        # where the weights came from, as from_pretrained records a checkpoint's name
+        config.name_or_path = timm_model.pretrained_cfg.get("hf_hub_id") or architecture
+    else:
+        _forget_pretrained_weights(model)
     config.pretrained_cfg = _timm_pretrained_cfg(model)
     return model
 
@@ -390,8 +417,8 @@ def _load_checkpoint(
         _warn_on_relabel(name_or_path, config, labels[0], head_changes)
         _apply_label_maps(config, labels)
     if not pretrained:
-        return AutoModelForImageClassification.from_config(
-            config, trust_remote_code=trust_remote_code
+        return _forget_pretrained_weights(
+            AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
         )
     return AutoModelForImageClassification.from_pretrained(
         name_or_path,
@@ -399,6 +426,39 @@ def _load_checkpoint(
         ignore_mismatched_sizes=head_changes,
         trust_remote_code=trust_remote_code,
     )
+
+
+# timm pretrained_cfg entries that describe a checkpoint's weights (its tag, Hub id, source,
+# license, paper), not the architecture or its preprocessing
+TIMM_WEIGHT_FIELDS = (
+    "hf_hub_id",
+    "hf_hub_filename",
+    "tag",
+    "url",
+    "file",
+    "state_dict",
+    "source",
+    "custom_load",
+    "license",
+    "origin_url",
+    "paper_ids",
+    "paper_name",
+    "notes",
+    "description",
+)
+
+
+def _forget_pretrained_weights(model: PreTrainedModel) -> PreTrainedModel:
+    """Mark a randomly initialised model as such: no ``name_or_path`` (the card's
+    initialisation) and, for timm, none of the ImageNet weight tags of its architecture's
+    default ``pretrained_cfg``, which its exports would otherwise claim."""
+    model.config.name_or_path = ""
+    if is_timm_model(model):
+        saved = getattr(model.config, "pretrained_cfg", None)
+        for pretrained_cfg in (model.timm_model.pretrained_cfg, saved):
+            for key in TIMM_WEIGHT_FIELDS:
+                (pretrained_cfg or {}).pop(key, None)
+    return model
 
 
 def _warn_on_relabel(

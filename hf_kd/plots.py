@@ -3,8 +3,11 @@
 Training log entries (those with a ``loss`` key) carry ``loss``, ``ce_loss``, ``kd_loss`` and
 each term of the distillation loss; evaluation entries carry ``eval_loss`` and accuracies.
 The figure has two panels over the global step: every loss (training, and evaluation CE),
-and every evaluation accuracy. It is rendered with matplotlib's Agg canvas, without pyplot,
-so it works headless and leaves no global figure state behind.
+and every evaluation accuracy. Each evaluation curve is labelled with its split: the
+Trainer evaluates its ``eval_dataset`` (the validation split) during training; evaluations
+logged after the end-of-training summary are on ``final_eval_split`` (e.g. the test split).
+It is rendered with matplotlib's Agg canvas, without pyplot, so it works headless and leaves
+no global figure state behind.
 """
 
 from __future__ import annotations
@@ -20,40 +23,55 @@ from matplotlib.figure import Figure
 logger = logging.getLogger(__name__)
 
 NON_LOSS_TRAIN_KEYS = frozenset({"epoch", "step", "learning_rate", "grad_norm", "num_tokens"})
+TRAINING_EVAL_SPLIT = "validation"
+# the key of the Trainer's end-of-training summary entry
+TRAIN_SUMMARY_KEY = "train_runtime"
 
 
 def training_curves(
-    log_history: Iterable[Mapping[str, object]],
+    log_history: Iterable[Mapping[str, object]], final_eval_split: str = TRAINING_EVAL_SPLIT
 ) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
     """Split ``log_history`` into ``(loss_curves, accuracy_curves)``: name -> [(step, value)].
 
     Loss curves: every numeric key of the training entries except bookkeeping ones, plus
-    ``eval_loss``. Accuracy curves: every ``eval_*accuracy*`` key. Entries without a
-    ``step`` and non-numeric values are skipped.
+    ``eval_loss``. Accuracy curves: every ``eval_*accuracy*`` key. Evaluation curves are
+    named with their split, ``eval_loss (validation)``: ``validation`` up to the last
+    end-of-training summary, ``final_eval_split`` after it. Entries without a ``step`` and
+    non-numeric values are skipped.
     """
+    entries = list(log_history)
+    summaries = [index for index, entry in enumerate(entries) if TRAIN_SUMMARY_KEY in entry]
+    end_of_training = summaries[-1] if summaries else len(entries)
     losses: dict[str, list[tuple[int, float]]] = {}
     accuracies: dict[str, list[tuple[int, float]]] = {}
-    for entry in log_history:
+    for index, entry in enumerate(entries):
         step = entry.get("step")
         if not isinstance(step, int):
             continue
+        split = TRAINING_EVAL_SPLIT if index < end_of_training else final_eval_split
         for key, value in entry.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             if "loss" in entry and key not in NON_LOSS_TRAIN_KEYS:
                 losses.setdefault(key, []).append((step, float(value)))
             elif key == "eval_loss":
-                losses.setdefault(key, []).append((step, float(value)))
+                losses.setdefault(f"{key} ({split})", []).append((step, float(value)))
             elif key.startswith("eval_") and "accuracy" in key:
-                accuracies.setdefault(key, []).append((step, float(value)))
+                accuracies.setdefault(f"{key} ({split})", []).append((step, float(value)))
     return losses, accuracies
 
 
 def plot_training_curves(
-    log_history: Iterable[Mapping[str, object]], path: str | Path
+    log_history: Iterable[Mapping[str, object]],
+    path: str | Path,
+    *,
+    final_eval_split: str = TRAINING_EVAL_SPLIT,
 ) -> Path | None:
-    """Write the training-curves PNG to ``path``; ``None`` (nothing written) if nothing logged."""
-    losses, accuracies = training_curves(log_history)
+    """Write the training-curves PNG to ``path``; ``None`` (nothing written) if nothing logged.
+
+    ``final_eval_split``: the split of the evaluations logged after training ended.
+    """
+    losses, accuracies = training_curves(log_history, final_eval_split)
     if not losses and not accuracies:
         logger.info("no losses or accuracies in the log history: no training-curves plot")
         return None

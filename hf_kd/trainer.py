@@ -50,6 +50,7 @@ integrations show the training keys under ``train/`` and the evaluation ones und
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -81,9 +82,11 @@ from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
 from hf_kd.metrics import accuracy_means
 from hf_kd.model_card import (
+    HubMetadata,
     ModelSummary,
     StudentCard,
     TrainingSetup,
+    framework_versions,
     latest_eval_accuracies,
     latest_head_accuracies,
     write_model_card,
@@ -171,14 +174,19 @@ class DistillationTrainer(Trainer):
             ``compute_metrics`` given here takes the Trainer's own path (gathered logits or
             ``preprocess_logits_for_metrics``' output);
             :func:`hf_kd.metrics.compute_accuracy_metrics` gives the same two metrics there.
-        teacher_name, student_name: how the model card names the models (a Hub id is best:
-            the teacher's becomes the card's ``base_model``). Default: the Hub id or folder
-            each was loaded from, else the timm architecture or model type.
+        teacher_name, student_name: how the model card names the models, followed by the
+            arguments each was built with when they change its architecture. Default: the
+            Hub id or folder each was loaded from, else the timm architecture or model type.
+            The card's ``base_model`` is the student's initialisation (the checkpoint it was
+            loaded from), never the teacher.
         dataset_name: the training dataset as the card names it (a Hub id joins the card's
             ``datasets``).
         eval_split_name: the split of the latest evaluation, whose accuracy the card reports
             (``"validation"``; ``"test"`` when you evaluate on the test split last).
         teacher_eval_accuracy: the teacher's top-1 accuracy on that split, for the card.
+        split_sizes: images per split for the card (``{"train": ..., "validation": ...,
+            "test": ...}``). Default: ``train`` and ``validation`` from the lengths of
+            ``train_dataset`` and ``eval_dataset`` when they have one.
 
     Batches are dicts with ``pixel_values`` ``[B, 3, H, W]`` and ``labels`` ``[B]`` int64,
     optionally ``teacher_pixel_values`` and ``teacher_logits``. Evaluation reports the
@@ -211,6 +219,7 @@ class DistillationTrainer(Trainer):
         dataset_name: str | None = None,
         eval_split_name: str = "validation",
         teacher_eval_accuracy: float | None = None,
+        split_sizes: Mapping[str, int] | None = None,
         **kwargs: Any,
     ):
         if not isinstance(args, DistillationArguments):
@@ -249,6 +258,11 @@ class DistillationTrainer(Trainer):
         self.dataset_name = dataset_name
         self.eval_split_name = eval_split_name
         self.teacher_eval_accuracy = teacher_eval_accuracy
+        self.split_sizes = (
+            dict(split_sizes)
+            if split_sizes is not None
+            else _dataset_sizes(train=train_dataset, validation=eval_dataset)
+        )
         self.student_preprocessing = student_preprocessing
         self._inference_speed: InferenceSpeed | None = None
         self._hub_client: HfApi | None = None
@@ -581,13 +595,16 @@ class DistillationTrainer(Trainer):
         model_name: str | None = None,
         dataset: str | None = None,
         license: str | None = None,
+        finetuned_from: str | None = None,
+        hub_metadata: HubMetadata | None = None,
     ) -> StudentCard:
         """The model card's content for the student as it is now.
 
         Teacher and student names and sizes, the measured speed-up
         (:meth:`inference_speed`), the objective and every loss hyperparameter, the training
         setup read from ``args``, the latest evaluation's accuracy from the log history,
-        and ``args.hub_model_id`` as the repo its usage snippets load.
+        and ``args.hub_model_id`` as the repo its usage snippets load. ``finetuned_from``
+        names the student's initialisation; ``hub_metadata`` adds to the card's metadata.
         """
         accuracy, top5_accuracy = latest_eval_accuracies(self.state.log_history)
         cls_accuracy, distillation_accuracy = latest_head_accuracies(self.state.log_history)
@@ -598,13 +615,20 @@ class DistillationTrainer(Trainer):
         }
         objective = self.objective
         repo_id = self.hub_model_id or self.args.hub_model_id
+        student = self.student_summary
+        if finetuned_from is not None:
+            student = dataclasses.replace(student, initialisation=finetuned_from)
         return StudentCard(
             model_name=model_name or _card_model_name(repo_id, self.args.output_dir),
-            student=self.student_summary,
+            student=student,
             teacher=self.teacher_summary,
             method=objective.method,
             training=TrainingSetup.from_training_args(
-                self.args, dataset or self.dataset_name or "an unnamed dataset"
+                self.args,
+                dataset or self.dataset_name or "an unnamed dataset",
+                epochs=self.state.epoch or 0.0,
+                steps=self.state.global_step,
+                split_sizes=self.split_sizes,
             ),
             loss_hyperparameters=loss_hyperparameters,
             ce_weight=objective.ce_weight,
@@ -622,28 +646,49 @@ class DistillationTrainer(Trainer):
             distillation_token=self.distillation_token,
             eval_cls_accuracy=cls_accuracy,
             eval_distillation_accuracy=distillation_accuracy,
+            hub_metadata=hub_metadata or HubMetadata(),
+            framework_versions=framework_versions(),
         )
 
     def create_model_card(
         self,
+        language: str | None = None,
         license: str | None = None,
+        tags: str | list[str] | None = None,
         model_name: str | None = None,
-        dataset: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
         *,
         output_dir: str | None = None,
     ) -> StudentCard | None:
         """Write the student's model card to ``output_dir`` (default ``args.output_dir``).
 
-        Replaces the Trainer's draft card, which lists no results: see
-        :meth:`student_card` and :func:`hf_kd.model_card.write_model_card`. ``license``
-        (default ``apache-2.0``), ``model_name`` (default: the Hub repo's name, else the
-        output folder's) and ``dataset`` (default ``dataset_name``) override the card's.
-        Runs on the processes that save (``args.should_save``); returns the card written,
-        ``None`` elsewhere.
+        The Trainer's signature, in its order; replaces the Trainer's draft card, which
+        lists no results: see :meth:`student_card` and
+        :func:`hf_kd.model_card.write_model_card`. ``license`` (default ``apache-2.0``),
+        ``model_name`` (default: the Hub repo's name, else the output folder's), ``dataset``
+        (the dataset's display name, default ``dataset_name``; a list is joined) and
+        ``finetuned_from`` (the student's initialisation, the card's ``base_model``)
+        override the card's; ``language``, ``tags`` (with the student's ``model_tags``),
+        ``tasks``, ``dataset_tags`` and ``dataset_args`` join its metadata
+        (:class:`hf_kd.model_card.HubMetadata`). Runs on the processes that save
+        (``args.should_save``); returns the card written, ``None`` elsewhere.
         """
         if not self.args.should_save:
             return None
-        card = self.student_card(model_name=model_name, dataset=dataset, license=license)
+        hub_metadata = HubMetadata.of(language, tags, tasks, dataset_tags, dataset_args)
+        model_tags = getattr(self.accelerator.unwrap_model(self.model), "model_tags", None) or []
+        hub_metadata.tags += [tag for tag in model_tags if tag not in hub_metadata.tags]
+        card = self.student_card(
+            model_name=model_name,
+            dataset=", ".join(dataset) if isinstance(dataset, list) else dataset,
+            license=license,
+            finetuned_from=finetuned_from,
+            hub_metadata=hub_metadata,
+        )
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         return write_model_card(card, output_dir, log_history=self.state.log_history)
 
@@ -654,7 +699,7 @@ class DistillationTrainer(Trainer):
         token: str | None = None,
         revision: str | None = None,
         private: bool | None = None,
-        **card_kwargs: Any,
+        **kwargs: Any,
     ) -> CommitInfo | Future[CommitInfo] | None:
         """Publish the student to ``args.hub_model_id``: save it, write its card, upload.
 
@@ -663,7 +708,9 @@ class DistillationTrainer(Trainer):
         image processor, ``README.md``, ``student_card.json``, ``training_curves.png`` and
         the ``*_results.json`` files), not the whole folder as the Trainer would (its
         checkpoints, ``training_args.bin`` and anything else written there stay local).
-        ``card_kwargs`` go to :meth:`create_model_card`. Returns the commit (a ``Future``
+        ``kwargs`` go to :meth:`create_model_card` (the Trainer's: ``language``,
+        ``license``, ``tags``, ``model_name``, ``finetuned_from``, ``tasks``,
+        ``dataset_tags``, ``dataset``, ``dataset_args``). Returns the commit (a ``Future``
         of it when ``blocking=False``) on the main process, ``None`` on the others.
         """
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
@@ -673,7 +720,7 @@ class DistillationTrainer(Trainer):
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        self.create_model_card(**card_kwargs)
+        self.create_model_card(**kwargs)
         self._finish_current_push()
         return push_student_to_hub(
             self.args.output_dir,
@@ -843,6 +890,15 @@ def raise_if_not_finite(means: dict[str, float], step: int) -> None:
             f"non-finite training loss parts {not_finite} before step {step}: check the loss "
             "hyperparameters (--loss_kwargs) and the learning rate"
         )
+
+
+def _dataset_sizes(**datasets: Any) -> dict[str, int]:
+    """The length of each dataset that has one (not streams, not several named ones)."""
+    return {
+        split: len(dataset)
+        for split, dataset in datasets.items()
+        if hasattr(dataset, "__len__") and not isinstance(dataset, Mapping)
+    }
 
 
 def _card_model_name(repo_id: str | None, output_dir: str) -> str:

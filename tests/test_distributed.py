@@ -71,6 +71,8 @@ def launch_two_processes(script: Path, tmp_path: Path, *script_arguments: str) -
         command, env=environment, capture_output=True, text=True, timeout=300, check=False
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    # DDP's find_unused_parameters defaults to off (an extra autograd traversal per step)
+    assert "find_unused_parameters=True" not in completed.stderr
     return [json.loads(Path(f"{result_file}.rank{rank}.json").read_text()) for rank in range(2)]
 
 
@@ -103,6 +105,8 @@ def test_two_process_data_parallel_run(tmp_path, student):
         assert result["world_size"] == 2
         assert result["distributed_type"] == "DistributedType.MULTI_CPU"
         assert result["student_wrapper"] == "DistributedDataParallel"
+        # every student parameter gets a gradient: no per-step search for unused ones
+        assert result["find_unused_parameters"] is False
         assert result["teacher_wrapper"] == "ViTForImageClassification"  # never DDP
         assert result["teacher_requires_grad"] is False
         assert result["ranks_have_equal_weights"] is True

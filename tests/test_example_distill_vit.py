@@ -85,6 +85,24 @@ def test_default_story_trains_teacher_distils_saves_and_reuses_teacher(
             student(pixel_values=pixels).logits, plain(pixel_values=pixels).logits
         )
 
+    # The teacher folder loads the way a card says (timm local-dir), claiming no ImageNet
+    # weights: it was trained from scratch here, as was the student, which the card says.
+    teacher = timm.create_model(f"local-dir:{teacher_dir}", pretrained=True).eval()
+    reference = load_classifier(str(teacher_dir)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(pixels), reference(pixel_values=pixels).logits)
+    for folder in (teacher_dir, output_dir):
+        pretrained_cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+        assert not {"tag", "hf_hub_id", "license"} & set(pretrained_cfg), folder
+    card = json.loads((output_dir / CARD_DATA_FILE).read_text())
+    assert card["student"]["initialisation"] is None
+    assert card["teacher"]["name"] == "resnet10t"
+    assert card["training"]["split_sizes"] == {"train": 96, "validation": 64, "test": 64}
+    readme = (output_dir / "README.md").read_text()
+    assert "the student was trained from scratch" in readme
+    assert ModelCard(readme).data.base_model is None
+    assert f'timm.create_model("local-dir:{output_dir}", pretrained=True)' in readme
+
     # A second run reuses the teacher instead of training a new one.
     teacher_weights = teacher_dir / "model.safetensors"
     modified = os.stat(teacher_weights).st_mtime_ns
@@ -153,7 +171,7 @@ def test_default_story_pushed_to_the_hub_reloads_with_both_libraries(loopback_hu
     repo_id = f"{loopback_hub.user}/vit-digits-mcld"
     output_dir = tmp_path / "run"
     command = [sys.executable, str(EXAMPLE), "--output_dir", str(output_dir), *TINY_BUDGET]
-    command += ["--push_to_hub", "--hub_model_id", repo_id]
+    command += ["--push_to_hub", "--hub_model_id", repo_id, "--max_steps", "2"]
     run_in_fresh_process(loopback_hub, command, tmp_path / "home")
 
     files = loopback_hub.files(repo_id)
@@ -193,6 +211,16 @@ def test_default_story_pushed_to_the_hub_reloads_with_both_libraries(loopback_hu
     assert f'timm.create_model("hf-hub:{repo_id}", pretrained=True)' in card.text
     assert "![Training curves](training_curves.png)" in card.text
     stored = json.loads(files[CARD_DATA_FILE].content)
+    # the student as built, and what was trained: 2 steps of 32 of 96 images, not 1 epoch
+    student_args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    assert stored["student"]["name"] == (
+        "vit_tiny_patch16_224 with img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2"
+    )
+    assert stored["student"]["architecture"] == "vit_tiny_patch16_224"
+    assert stored["student"]["model_args"] == student_args
+    assert (stored["training"]["epochs"], stored["training"]["steps"]) == (0.6667, 2)
+    assert f"`{stored['student']['name']}` (" in card.text
+    assert "| epochs trained | `0.67` |" in card.text
     assert stored["student"]["parameters"] == count_parameters(local)
     assert stored["teacher"]["name"] == "resnet10t"
     assert stored["teacher_eval_accuracy"] == pytest.approx(results["teacher_eval_accuracy"])
@@ -232,6 +260,20 @@ def test_mid_training_pushes_upload_only_the_student_and_its_card(loopback_hub, 
         assert files["model.safetensors"].content == checkpoint.read_bytes(), step
     final = loopback_hub.files(repo_id)
     assert final["model.safetensors"].content == (output_dir / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("model", ["teacher", "student"])
+def test_a_missing_model_folder_fails_before_training(
+    model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = load_example(monkeypatch)
+    missing = tmp_path / "no" / "such" / "folder"
+    argv = ["--output_dir", str(tmp_path / "run"), *TINY_BUDGET]
+    with pytest.raises(FileNotFoundError) as error:
+        example.main([*argv, f"--{model}_model_name_or_path", str(missing)])
+    assert f"the local folder {missing} does not exist" in str(error.value)
+    assert "not a valid Hub model id either" in str(error.value)
+    assert not (tmp_path / "run" / "teacher").exists()  # no teacher was trained first
 
 
 def test_help_documents_every_option(

@@ -269,7 +269,7 @@ def test_card_read_back_from_the_hub_has_metadata_and_model_index(pushed_student
     assert card["library_name"] == "timm"
     assert card["pipeline_tag"] == "image-classification"
     assert {"knowledge-distillation", "dkd", "timm", "transformers"} <= set(card["tags"])
-    assert card["base_model"] == "timm/resnet50.a1_in1k"
+    assert card.get("base_model") is None  # trained from scratch; the teacher is no base
     assert card["datasets"] == ["uoft-cs/cifar100"]
     assert card["license"] == "apache-2.0"
     [result] = report["eval_results"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import metadata
 
 import pytest
 import torch
@@ -17,10 +18,12 @@ from hf_kd.model_card import (
     StudentCard,
     TrainingSetup,
     card_metadata,
+    framework_versions,
     render_model_card,
     write_card_with_transfer_result,
     write_model_card,
 )
+from hf_kd.models import count_parameters, load_classifier
 from hf_kd.plots import training_curves
 from hf_kd.speed import InferenceSpeed, measure_inference_speed
 from hf_kd.transfer import LinearProbeConfig, TransferResult
@@ -79,7 +82,7 @@ def test_metadata_and_model_index_parse_with_huggingface_hub():
     assert parsed.pipeline_tag == "image-classification"
     assert {"knowledge-distillation", "dkd", "timm", "transformers"} <= set(parsed.tags)
     assert parsed.datasets == ["uoft-cs/cifar100"]
-    assert parsed.base_model == "timm/resnet50.a1_in1k"
+    assert parsed.base_model is None  # the student was trained from scratch: not the teacher
     assert parsed.license == "apache-2.0"
     student, transfer = parsed.eval_results
     assert (student.task_type, student.metric_type, student.metric_value) == (
@@ -122,7 +125,7 @@ def test_body_states_sizes_speedup_method_and_setup():
     for row in (
         "| global batch size | `128` |",
         "| world size (processes) | `2` |",
-        "| epochs | `240.0` |",
+        "| epochs trained | `240.0` |",
         "| precision | `bf16` |",
         "| seed | `1234` |",
         "| `learning_rate` | `0.05` |",
@@ -199,12 +202,25 @@ def test_training_curves_split_losses_from_accuracies():
         "loss": [(10, 2.0), (30, 1.0)],
         "ce_loss": [(10, 1.5), (30, 0.75)],
         "kd_loss": [(10, 0.5), (30, 0.25)],
-        "eval_loss": [(20, 1.4), (40, 1.2)],
+        "eval_loss (validation)": [(20, 1.4), (40, 1.2)],
     }
     assert accuracies == {
-        "eval_accuracy": [(20, 0.5), (40, 0.625)],
-        "eval_top5_accuracy": [(20, 0.8), (40, 0.875)],
+        "eval_accuracy (validation)": [(20, 0.5), (40, 0.625)],
+        "eval_top5_accuracy (validation)": [(20, 0.8), (40, 0.875)],
     }
+
+
+def test_training_curves_name_the_split_of_each_evaluation():
+    """The example evaluates the validation split during training, then the test split: the
+    test point is its own curve, not the validation curve's last point."""
+    test_evaluation = {"eval_loss": 1.3, "eval_accuracy": 0.6, "eval_runtime": 1.0, "step": 40}
+    losses, accuracies = training_curves([*LOG_HISTORY, test_evaluation], final_eval_split="test")
+    assert losses["eval_loss (validation)"] == [(20, 1.4), (40, 1.2)]
+    assert losses["eval_loss (test)"] == [(40, 1.3)]
+    assert accuracies["eval_accuracy (validation)"] == [(20, 0.5), (40, 0.625)]
+    assert accuracies["eval_accuracy (test)"] == [(40, 0.6)]
+    text = render_model_card(make_card(training_curves="training_curves.png"))
+    assert "the validation split during training, the test split after it" in text
 
 
 def test_write_model_card_writes_the_plot_and_card_data(tmp_path):
@@ -257,6 +273,47 @@ def test_transfer_result_joins_the_model_index_of_a_foreign_card(tmp_path):
     assert "# Someone's model" in card.text
 
 
+def test_provenance_base_model_is_the_students_initialisation_never_the_teacher():
+    from_scratch = render_model_card(make_card())
+    assert ModelCard(from_scratch).data.base_model is None
+    assert "the student was trained from scratch (random initialisation)" in from_scratch
+    assert "distilled from the teacher\n`timm/resnet50.a1_in1k`" in from_scratch
+    student = dataclasses.replace(
+        make_card().student, initialisation="timm/resnet18.a1_in1k", name="resnet18"
+    )
+    fine_tuned = render_model_card(make_card(student=student))
+    assert ModelCard(fine_tuned).data.base_model == "timm/resnet18.a1_in1k"
+    assert "starting from the weights of `timm/resnet18.a1_in1k`" in fine_tuned
+    local = dataclasses.replace(student, initialisation="/data/pretrained-resnet18")
+    assert ModelCard(render_model_card(make_card(student=local))).data.base_model is None
+
+
+def test_card_states_split_sizes_and_framework_versions(tmp_path):
+    training = dataclasses.replace(
+        make_card().training, split_sizes={"train": 1437, "validation": 144, "test": 216}
+    )
+    card = make_card(training=training, framework_versions=framework_versions())
+    text = render_model_card(card)
+    assert "| images per split | `train 1437 / validation 144 / test 216` |" in text
+    for name in ("hf-kd", "torch", "transformers", "timm", "datasets", "accelerate"):
+        assert f"- {name} {metadata.version(name)}\n" in text
+    written = write_model_card(card, tmp_path)
+    assert StudentCard.from_dict(json.loads((tmp_path / "student_card.json").read_text())) == (
+        written
+    )
+
+
+def test_usage_snippets_load_the_local_folder_until_pushed(tmp_path):
+    local = write_model_card(make_card(repo_id=None), tmp_path / "student")
+    text = (tmp_path / "student" / "README.md").read_text()
+    assert local.local_dir == str(tmp_path / "student")
+    assert f'timm.create_model("local-dir:{tmp_path / "student"}", pretrained=True)' in text
+    assert f'from_pretrained("{tmp_path / "student"}")' in text
+    assert "hf-hub:" not in text
+    pushed = render_model_card(dataclasses.replace(local, repo_id="someone/resnet8-dkd"))
+    assert 'timm.create_model("hf-hub:someone/resnet8-dkd", pretrained=True)' in pushed
+
+
 def test_training_setup_from_training_arguments(tmp_path):
     args = TrainingArguments(
         output_dir=str(tmp_path),
@@ -269,14 +326,68 @@ def test_training_setup_from_training_arguments(tmp_path):
         learning_rate=1e-3,
         report_to="none",
     )
-    setup = TrainingSetup.from_training_args(args, "uoft-cs/cifar100")
-    assert (setup.global_batch_size, setup.world_size, setup.epochs) == (24, 1, 2.0)
+    setup = TrainingSetup.from_training_args(args, "uoft-cs/cifar100", epochs=1.5, steps=30)
+    # what was trained, not what was planned (num_train_epochs, among the hyperparameters)
+    assert (setup.global_batch_size, setup.world_size, setup.epochs, setup.steps) == (
+        24,
+        1,
+        1.5,
+        30,
+    )
+    assert setup.hyperparameters["num_train_epochs"] == 2.0
+    assert "max_steps" not in setup.hyperparameters
     assert (setup.precision, setup.seed, setup.dataset) == ("bf16", 5, "uoft-cs/cifar100")
     assert setup.hyperparameters["learning_rate"] == 1e-3
     assert setup.hyperparameters["gradient_accumulation_steps"] == 3
     assert isinstance(setup.hyperparameters["optim"], str)
     assert isinstance(setup.hyperparameters["lr_scheduler_type"], str)
     json.dumps(dataclasses.asdict(setup))  # the card data must be JSON
+    capped = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, num_train_epochs=20, report_to="none"
+    )
+    setup = TrainingSetup.from_training_args(capped, "digits", epochs=6 / 11, steps=6)
+    assert (setup.epochs, setup.steps, setup.hyperparameters["max_steps"]) == (0.5455, 6, 6)
+    assert "num_train_epochs" not in setup.hyperparameters
+    assert "| epochs trained | `0.55` |" in render_model_card(make_card(training=setup))
+    assert "| optimizer steps | `6` |" in render_model_card(make_card(training=setup))
+
+
+def test_a_student_built_with_changed_arguments_is_described_as_built():
+    timm_student = load_classifier(
+        "vit_tiny_patch16_224",
+        num_labels=10,
+        pretrained=False,
+        model_kwargs={"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4},
+    )
+    summary = ModelSummary.of(timm_student, "vit_tiny_patch16_224")
+    assert summary.name == (
+        "vit_tiny_patch16_224 with img_size=32, patch_size=8, embed_dim=96, depth=4"
+    )
+    assert (summary.architecture, summary.library) == ("vit_tiny_patch16_224", "timm")
+    assert summary.model_args == {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4}
+    assert summary.parameters == count_parameters(timm_student)
+    text = render_model_card(make_card(student=summary))
+    assert f"`{summary.name}` ({summary.parameters / 1e6:.2f}M parameters)" in text
+    # a name that is not the architecture keeps it, with the architecture as built
+    named = ModelSummary.of(timm_student, "outputs/student")
+    assert (
+        named.name
+        == f"outputs/student (vit_tiny_patch16_224 with {summary.name.split(' with ')[1]})"
+    )
+    assert ModelSummary.of(load_classifier("resnet10t", num_labels=3, pretrained=False)).name == (
+        "resnet10t"
+    )
+
+    hf_student = load_classifier(
+        "vit",
+        num_labels=3,
+        pretrained=False,
+        model_kwargs={"hidden_size": 48, "num_hidden_layers": 2},
+    )
+    summary = ModelSummary.of(hf_student)
+    assert (summary.architecture, summary.library) == ("vit", "transformers")
+    assert summary.model_args == {"hidden_size": 48, "num_hidden_layers": 2}
+    assert summary.name == "vit with hidden_size=48, num_hidden_layers=2"
 
 
 class TinyClassifier(torch.nn.Module):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from transformers import (
 )
 
 from hf_kd.data import build_transforms
+from hf_kd.hub import save_student
 from hf_kd.models import (
     check_compatible,
     count_parameters,
@@ -97,6 +100,25 @@ def test_created_with_labels_saved_and_reloaded_with_identical_logits(
 def test_timm_hub_id_without_weights_builds_the_tagged_architecture() -> None:
     model = tiny("timm_hub_id")
     assert is_timm_model(model) and model.config.architecture == f"{TIMM_CNN}.r160_in1k"
+
+
+WEIGHT_TAGS = ("tag", "hf_hub_id", "url", "license")
+
+
+def test_a_model_trained_from_scratch_claims_no_pretrained_weights(tmp_path: Path) -> None:
+    model = load_classifier("resnet10t", num_labels=3, pretrained=False)
+    assert model.config.name_or_path == ""
+    for pretrained_cfg in (model.config.pretrained_cfg, model.timm_model.pretrained_cfg):
+        assert not set(WEIGHT_TAGS) & set(pretrained_cfg), pretrained_cfg
+    save_student(model, tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())["pretrained_cfg"]
+    assert not set(WEIGHT_TAGS) & set(saved), saved
+    # timm's registry keeps the architecture's own weight tags for everyone else
+    assert timm.models.get_pretrained_cfg("resnet10t").hf_hub_id == "timm/resnet10t.c3_in1k"
+    # a random init from a checkpoint's config is no longer that checkpoint
+    fresh = load_classifier(str(tmp_path / "saved"), pretrained=False)
+    assert fresh.config.name_or_path == ""
+    assert load_classifier(str(tmp_path / "saved")).config.name_or_path == str(tmp_path / "saved")
 
 
 def test_timm_models_keep_timm_initialisation() -> None:
@@ -192,6 +214,22 @@ def test_bad_arguments_are_clear_errors() -> None:
         )
     with pytest.raises(ValueError, match="unique"):
         load_classifier(TIMM_CNN, pretrained=False, id2label={0: "a", 1: "a"})
+
+
+@pytest.mark.parametrize("name", ["/no/such/folder", "no/such/deep/folder", "../missing"])
+@pytest.mark.parametrize("load", [load_classifier, load_image_processor])
+def test_a_missing_folder_is_named_before_any_hub_lookup(load, name: str) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        load(name)
+    message = str(error.value)
+    assert f"the local folder {os.path.abspath(name)} does not exist" in message
+    assert f"{name!r} is not a valid Hub model id either" in message
+
+
+def test_a_file_is_not_taken_for_a_model_folder(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is a file, not a model folder"):
+        load_classifier(str(tmp_path / "model.safetensors"))
 
 
 def test_label2id_alone_and_string_keys_are_accepted() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,7 +82,8 @@ def test_save_model_leaves_a_complete_student_folder(tmp_path, make_student):
     readme = (output_dir / "README.md").read_text()
     assert metadata_errors(readme) == []
     metadata = ModelCard(readme).data
-    assert metadata.base_model == "someone/teacher-vit"
+    assert metadata.base_model is None  # trained from scratch; the teacher is no base model
+    assert "distilled from the teacher\n`someone/teacher-vit (vit with hidden_size=32" in readme
     assert metadata.datasets == ["someone/patterns"]
     assert metadata.library_name == ("timm" if is_timm else "transformers")
     [result] = metadata.eval_results
@@ -104,7 +106,30 @@ def test_save_model_leaves_a_complete_student_folder(tmp_path, make_student):
         "fp32",
         0,
     )
+    # what was trained: 2 steps of 8 of 16 images (the planned num_train_epochs is 3)
+    assert (setup.epochs, setup.steps) == (trainer.state.epoch, 2) == (1.0, 2)
     assert setup.hyperparameters["max_steps"] == 2
+    assert "num_train_epochs" not in setup.hyperparameters
+    assert setup.hyperparameters["per_device_train_batch_size"] == 8
+    assert (setup.dataset, card.eval_split) == ("someone/patterns", "test")
+    assert "| epochs trained | `1.0` |" in readme
+    architecture, model_args = (
+        ("test_efficientnet_gn", {}) if is_timm else ("vit", {"hidden_size": 32})
+    )
+    assert card.student.architecture == architecture
+    assert model_args.items() <= card.student.model_args.items()
+    assert card.student.name.startswith(architecture)
+    assert card.training.split_sizes == {"train": 16, "validation": 8}
+    assert "the student was trained from scratch" in readme
+    assert card.framework_versions["hf-kd"] and card.framework_versions["torch"]
+    # the usage snippets load this very folder, the way they are written in the card
+    assert f'from_pretrained("{output_dir}")' in readme
+    if is_timm:
+        [timm_name] = re.findall(r'timm\.create_model\("([^"]+)", pretrained=True\)', readme)
+        assert timm_name == f"local-dir:{output_dir}"
+        with torch.no_grad():
+            snippet_model = timm.create_model(timm_name, pretrained=True).eval()
+            assert_same_logits(snippet_model(pixel_batch()), expected)
     assert card.speed is not None and card.speed.batch_size == 8  # the evaluation batch
     assert card.speed.teacher_latency_ms > 0 and card.speed.student_latency_ms > 0
     assert card.model_name == "student" and card.repo_id is None

@@ -299,6 +299,15 @@ def test_transfer_eval_example_on_a_local_stl10_shaped_dataset(
     assert model_index[1].metric_value == round(result.top1_accuracy, 4)
 
 
+def test_transfer_eval_names_a_missing_model_folder(tmp_path, monkeypatch):
+    missing = tmp_path / "no" / "such" / "student"
+    argv = ["--model_name_or_path", str(missing), "--dataset_name", "stl10"]
+    with pytest.raises(FileNotFoundError) as error:
+        load_example(monkeypatch).main(argv)
+    assert f"the local folder {missing} does not exist" in str(error.value)
+    assert "not a valid Hub model id either" in str(error.value)
+
+
 @pytest.mark.skipif(not TINY_IMAGENET.is_dir(), reason="Tiny-ImageNet subset not available")
 def test_transfer_on_the_tiny_imagenet_subset():
     """A student trained here on 20 source classes, probed on 10 other classes.

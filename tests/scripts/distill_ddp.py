@@ -53,6 +53,7 @@ def main() -> None:
         "world_size": world_size,
         "distributed_type": str(accelerator.distributed_type),
         "student_wrapper": type(trainer.model_wrapped).__name__,
+        "find_unused_parameters": trainer.model_wrapped.find_unused_parameters,
         "teacher_wrapper": type(trainer.teacher.model).__name__,
         "teacher_requires_grad": any(p.requires_grad for p in teacher.parameters()),
         "ranks_have_equal_weights": bool(torch.equal(all_weights[0], all_weights[1])),
