@@ -711,11 +711,21 @@ def memory_target(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def machine_load(machine: dict[str, Any]) -> str:
+    """The load the run saw, as the report states it; older records did not measure it."""
+    if "load_average" not in machine:
+        return "load not recorded"
+    one, five, fifteen = machine["load_average"]
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} over 1/5/15 min at the end"
+
+
 def machine_description(threads: int) -> dict[str, Any]:
     return {
         "device": "cpu",
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        # 1/5/15-minute load at the end of the run, this benchmark's own thread included
+        "load_average": [round(load, 2) for load in os.getloadavg()],
         "threads": threads,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -767,7 +777,7 @@ def markdown_section(results: dict[str, Any], command: str) -> str:
         RESULTS_HEADING,
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores shared with other jobs, "
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores ({machine_load(machine)}), "
         f"{machine['threads']} torch thread(s); torch {machine['torch']}, transformers "
         f"{machine['transformers']}, timm {machine['timm']}; {machine['date']}.",
         "",
