@@ -24,7 +24,8 @@ How ``load_classifier`` reads a name (the first rule that matches wins):
 5. anything else: a transformers Hub id.
 
 The label maps ``id2label``/``label2id`` always end up in the config, so they are saved
-with the model and checked against the teacher's by :func:`check_compatible`.
+with the model and checked against the teacher's by
+:func:`hf_kd.teacher.check_teacher_matches_student`.
 """
 
 from __future__ import annotations
@@ -245,47 +246,6 @@ def image_processor_for(
         image_std=list(preprocessing.std),
         do_convert_rgb=True,
     )
-
-
-def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel) -> None:
-    """Raise ``ValueError`` unless teacher and student predict the same classes in the same order.
-
-    Distillation compares logits index by index, so both heads must have the same size and
-    ``id2label``. A side whose names are all transformers' placeholders ``LABEL_i`` (a
-    checkpoint saved without class names) is accepted when the counts agree, with a warning:
-    the order cannot be checked.
-    """
-    teacher_labels = _id2label_of(teacher.config)
-    student_labels = _id2label_of(student.config)
-    if len(teacher_labels) != len(student_labels):
-        raise ValueError(
-            f"the teacher predicts {len(teacher_labels)} classes and the student "
-            f"{len(student_labels)}: load the student with the teacher's labels "
-            "(load_classifier(..., id2label=teacher.config.id2label)) or use a teacher trained "
-            "on the student's dataset"
-        )
-    if _has_placeholder_names(teacher_labels) or _has_placeholder_names(student_labels):
-        if teacher_labels != student_labels:
-            logger.warning(
-                "teacher and student both have %d classes but one side has only placeholder "
-                "names (LABEL_i): assuming the same class order",
-                len(teacher_labels),
-            )
-        return
-    differences = [
-        f"{index}: teacher {teacher_labels[index]!r} vs student {student_labels[index]!r}"
-        for index in sorted(teacher_labels)
-        if teacher_labels[index] != student_labels[index]
-    ]
-    if differences:
-        shown = "; ".join(differences[:5])
-        more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
-        raise ValueError(
-            f"teacher and student label maps (id2label) differ at {len(differences)} of "
-            f"{len(teacher_labels)} indices: {shown}{more}. Load the student with the "
-            "teacher's labels (load_classifier(..., id2label=teacher.config.id2label)) and "
-            "map the dataset's labels to them, or use a teacher trained on the same classes"
-        )
 
 
 def count_parameters(model: torch.nn.Module, *, trainable_only: bool = False) -> int:

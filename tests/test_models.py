@@ -24,7 +24,6 @@ from transformers import (
 from hf_kd.data import build_transforms
 from hf_kd.hub import save_student
 from hf_kd.models import (
-    check_compatible,
     count_parameters,
     image_processor_for,
     is_timm_model,
@@ -33,6 +32,7 @@ from hf_kd.models import (
     preprocessing_for,
 )
 from hf_kd.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing
+from hf_kd.teacher import check_teacher_matches_student
 
 LABELS = {0: "cat", 1: "dog", 2: "fox"}
 TIMM_VIT = "vit_tiny_patch16_224"
@@ -311,37 +311,40 @@ def test_no_image_processor_to_load(tmp_path: Path) -> None:
 # --- compatibility and size ---------------------------------------------------------------
 
 
-def test_check_compatible_accepts_matching_labels() -> None:
-    check_compatible(tiny("timm_cnn"), tiny("transformers_vit"))
+# across libraries: a timm teacher and a transformers student (hf_kd.teacher's one check)
 
 
-def test_check_compatible_rejects_a_class_count_mismatch() -> None:
+def test_matching_labels_across_libraries_pass() -> None:
+    check_teacher_matches_student(tiny("timm_cnn"), tiny("transformers_vit"))
+
+
+def test_a_class_count_mismatch_across_libraries_is_refused() -> None:
     teacher = tiny("timm_cnn", num_labels=5)
     with pytest.raises(
-        ValueError, match=r"teacher predicts 5 classes and the student 3.*id2label=teacher"
+        ValueError, match=r"teacher predicts 5 classes but the student 3.*teacher's id2label"
     ):
-        check_compatible(teacher, tiny("transformers_vit"))
+        check_teacher_matches_student(teacher, tiny("transformers_vit"))
 
 
-def test_check_compatible_rejects_a_label_map_mismatch() -> None:
+def test_a_label_map_mismatch_across_libraries_is_refused() -> None:
     teacher = tiny("timm_cnn", id2label={0: "cat", 1: "fox", 2: "dog"})
     with pytest.raises(
         ValueError,
         match=(
-            r"differ at 2 of 3 indices: "
-            r"1: teacher 'fox' vs student 'dog'; 2: teacher 'dog' vs student 'fox'"
+            r"differ at 2 class index\(es\) "
+            r"\(1: teacher 'fox' vs student 'dog', 2: teacher 'dog' vs student 'fox'\)"
         ),
     ):
-        check_compatible(teacher, tiny("transformers_vit"))
+        check_teacher_matches_student(teacher, tiny("transformers_vit"))
 
 
-def test_check_compatible_accepts_placeholder_names_with_a_warning(
+def test_placeholder_names_across_libraries_pass_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     teacher = tiny("timm_cnn", num_labels=3)
-    with caplog.at_level(logging.WARNING, logger="hf_kd.models"):
-        check_compatible(teacher, tiny("transformers_vit"))
-    assert "placeholder names" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="hf_kd.teacher"):
+        check_teacher_matches_student(teacher, tiny("transformers_vit"))
+    assert "only one of teacher and student names its classes" in caplog.text
 
 
 def test_count_parameters() -> None:
