@@ -463,6 +463,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.push_to_hub()  # saves the student and its card, then uploads them
     else:
         trainer.save_model()
+    # ends the process group (if any) before exit: gloo's threads left running can abort it
+    trainer.accelerator.end_training()
     return metrics
 
 

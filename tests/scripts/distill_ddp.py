@@ -64,6 +64,8 @@ def main() -> None:
         "card": json.loads((Path(args.output_dir) / "student_card.json").read_text()),
     }
     write_result(script_args, accelerator.process_index, result)
+    # gloo's threads must stop before the interpreter exits, or exit can abort the process
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ def main() -> None:
         "prediction_metrics": prediction.metrics,
     }
     write_result(script_args, trainer.accelerator.process_index, result)
+    # gloo's threads must stop before the interpreter exits, or exit can abort the process
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def main() -> None:
     trainer.train()
     result = Path(f"{script_args.result_file}.rank{args.process_index}.json")
     result.write_text(json.dumps({"example_ids": trainer.seen_example_ids}))
+    # gloo's threads must stop before the interpreter exits, or exit can abort the process
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
