@@ -13,7 +13,7 @@ same 16x16 data, schedule and seeds), five students per seed:
 
 The plain and the distilled ViT differ only by the distillation token and its head. Every
 run is trained by :class:`hf_kd.trainer.DistillationTrainer` through
-``benchmarks/accuracy.py``'s ``train_student`` and written at once as a record in
+``benchmarks/cifar100``'s ``train_student`` and written at once as a record in
 ``benchmarks/results/deit_token_runs/``; a rerun skips the finished ones (it resumes).
 The report, ``benchmarks/results/deit_token.json``, its section of
 ``benchmarks/RESULTS.md`` and the README table between the ``deit-token-table`` markers,
@@ -47,27 +47,32 @@ from transformers import PreTrainedModel
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.accuracy import (  # noqa: E402
+from benchmarks.cifar100.config import (  # noqa: E402
     DATA_CACHE_DIR,
     DEFAULT_DATASET,
     RESULTS_DIR,
     TIERS,
     StudentSpec,
-    TensorData,
     TierConfig,
-    _accuracy_cell,
-    _delta_cells,
-    ablation_deltas,
-    cached_teacher_logits,
-    load_records,
+)
+from benchmarks.cifar100.data import (  # noqa: E402
+    TensorData,
     load_tensor_data,
     model_inputs,
-    record_path,
     test_accuracy,
-    train_student,
+)
+from benchmarks.cifar100.records import (  # noqa: E402
+    load_records,
+    record_path,
     write_atomically,
     write_record,
 )
+from benchmarks.cifar100.report import (  # noqa: E402
+    _accuracy_cell,
+    _delta_cells,
+    ablation_deltas,
+)
+from benchmarks.cifar100.training import cached_teacher_logits, train_student  # noqa: E402
 from hf_kd.distillation_token import forward_heads  # noqa: E402
 from hf_kd.logit_cache import TeacherLogitCache  # noqa: E402
 from hf_kd.models import count_parameters, load_classifier  # noqa: E402

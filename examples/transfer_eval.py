@@ -25,20 +25,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import HfArgumentParser
 
 from hf_kd.hub import push_files_to_hub, push_student_to_hub
-from hf_kd.model_card import write_card_with_transfer_result
-from hf_kd.models import load_classifier, load_image_processor, preprocessing_for
-from hf_kd.transfer import (
-    TRANSFER_RESULTS_FILE,
-    LinearProbeConfig,
-    TransferResult,
-    evaluate_transfer,
-    load_transfer_data,
-    write_transfer_results,
-)
+from hf_kd.transfer import LinearProbeConfig, TransferResult, load_transfer_data
+from hf_kd.transfer_saved import transfer_saved_model
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +121,6 @@ def main(argv: list[str] | None = None) -> TransferResult:
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO
     )
     (args,) = HfArgumentParser(TransferArguments).parse_args_into_dataclasses(args=argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_classifier(args.model_name_or_path, trust_remote_code=args.trust_remote_code).to(
-        device
-    )
-    try:
-        image_processor = load_image_processor(
-            args.model_name_or_path, trust_remote_code=args.trust_remote_code
-        )
-    except (OSError, ValueError):
-        image_processor = None
-    preprocessing = preprocessing_for(model, image_processor)
     data = load_transfer_data(
         args.dataset_name,
         train_split=args.train_split,
@@ -158,17 +138,18 @@ def main(argv: list[str] | None = None) -> TransferResult:
         batch_size=args.probe_batch_size,
         seed=args.seed,
     )
-    result = evaluate_transfer(
-        model,
+    saved = transfer_saved_model(
+        args.model_name_or_path,
         data,
-        preprocessing,
+        args.output_dir,
         probe_config=probe_config,
         batch_size=args.feature_batch_size,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
         disable_tqdm=args.disable_tqdm,
     )
+    result = saved.result
     logger.info("%s linear-probe top-1: %.2f%%", data.display_name, 100 * result.top1_accuracy)
-    write_transfer_results(args.output_dir, result)
-    card_files = write_card_with_transfer_result(args.model_name_or_path, result, args.output_dir)
     print(json.dumps(result.to_dict(), indent=2))
     if args.push_to_hub:
         if (Path(args.output_dir) / "config.json").is_file():
@@ -182,7 +163,7 @@ def main(argv: list[str] | None = None) -> TransferResult:
             url = push_files_to_hub(
                 args.output_dir,
                 args.hub_model_id,
-                [TRANSFER_RESULTS_FILE, *card_files],
+                saved.files,
                 token=args.hub_token,
                 commit_message=f"Add {data.display_name} transfer results",
             )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -264,3 +265,55 @@ def push_files_to_hub(
         allow_patterns=filenames,
         commit_message=commit_message,
     )
+
+
+# Hub repo names: letters, digits, "-", "_", "."; no "--" or ".."; neither starts nor ends
+# with "-" or "."; at most 96 characters.
+REPO_NAME_PATTERN = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+
+
+def check_repo_name(name: str) -> str:
+    """``name`` when the Hub accepts it as a repo name; a ``ValueError`` naming the rule
+    otherwise."""
+    if REPO_NAME_PATTERN.fullmatch(name) is None:
+        raise ValueError(
+            f"{name!r} is not a valid Hub repo name: use letters, digits, '-', '_' and '.', "
+            "no '--' or '..', not starting or ending with '-' or '.', at most 96 characters"
+        )
+    return name
+
+
+def push_students_to_hub(
+    folders: list[str | Path],
+    organization: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload distilled student",
+    api: HfApi | None = None,
+) -> dict[str, CommitInfo]:
+    """Push each saved folder to ``<organization>/<folder name>``, one commit each
+    (:func:`push_student_to_hub`); ``{repo_id: commit}`` in the order given.
+
+    Every folder is checked (a saved model with a valid repo name, no two with one name)
+    before anything is uploaded, so a bad set fails before it is half published.
+    """
+    paths = [Path(folder) for folder in folders]
+    names = [check_repo_name(path.name) for path in paths]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"two folders would be pushed to the same repo: {duplicates}")
+    unsaved = [str(path) for path in paths if not (path / "config.json").is_file()]
+    if unsaved:
+        raise ValueError(f"no saved model (config.json) in {unsaved}: save them first")
+    api = api if api is not None else HfApi(token=token, library_name="hf-kd")
+    return {
+        f"{organization}/{name}": push_student_to_hub(
+            path,
+            f"{organization}/{name}",
+            private=private,
+            commit_message=commit_message,
+            api=api,
+        )
+        for path, name in zip(paths, names, strict=True)
+    }

@@ -7,10 +7,14 @@ way to aim every library at it; one process serves several students to pay the i
     python tests/hub_client.py --jobs jobs.json --inputs in.safetensors --outputs out_dir
 
 ``jobs.json`` is a list of ``{"folder", "repo_id", "timm", "private"}``; a job with
-``"push": false`` only pulls a repo pushed earlier. For job ``i`` it writes to
-``out_dir/i/``: ``logits.safetensors`` (``transformers`` and, for timm students, ``timm``
-logits of the ``pixel_values`` in ``--inputs``) and ``report.json`` (pushed commit URL, repo
-files, the card's metadata and eval results, the image processor's preprocessing).
+``"push": false`` only pulls a repo pushed earlier, and one with ``"images"`` (image file
+paths) also classifies them with ``pipeline("image-classification")``. For job ``i`` it
+writes to ``out_dir/i/``: ``logits.safetensors`` (``transformers`` and, for timm students,
+``timm`` logits of the ``pixel_values`` in ``--inputs``; with images, the pipeline's scores
+``pipeline_probs`` and the softmax of the model's logits of the same images through its
+image processor, ``processor_probs``, both ``[N, C]`` in label order) and ``report.json``
+(pushed commit URL, repo files, the card's metadata and eval results, the image processor's
+preprocessing).
 Tests start it with :func:`push_and_pull_in_fresh_process`.
 """
 
@@ -28,8 +32,9 @@ from typing import TYPE_CHECKING
 import timm
 import torch
 from huggingface_hub import HfApi, ModelCard
+from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 from hf_kd.hub import push_student_to_hub
 from hf_kd.models import preprocessing_for
@@ -97,7 +102,10 @@ def push_and_pull(job: dict, pixel_values: torch.Tensor, outputs: Path) -> None:
         timm_model = timm.create_model(f"hf-hub:{job['repo_id']}", pretrained=True).eval()
         with torch.no_grad():
             logits["timm"] = timm_model(pixel_values)
-    preprocessing = preprocessing_for(model, AutoImageProcessor.from_pretrained(job["repo_id"]))
+    processor = AutoImageProcessor.from_pretrained(job["repo_id"])
+    preprocessing = preprocessing_for(model, processor)
+    if job.get("images"):
+        logits.update(classify_images(job["repo_id"], model, processor, job["images"]))
     card = ModelCard.load(job["repo_id"])
     report = {
         "commit_url": commit_url,
@@ -114,6 +122,24 @@ def push_and_pull(job: dict, pixel_values: torch.Tensor, outputs: Path) -> None:
         outputs / "logits.safetensors",
     )
     (outputs / "report.json").write_text(json.dumps(report, indent=2))
+
+
+def classify_images(
+    repo_id: str, model: torch.nn.Module, processor: object, paths: list[str]
+) -> dict[str, torch.Tensor]:
+    """The pipeline's class probabilities of the images, and the softmax of the model's logits
+    of the same images through the repo's image processor, both ``[N, C]`` in label order."""
+    images = [Image.open(path).convert("RGB") for path in paths]
+    classifier = pipeline("image-classification", model=repo_id)
+    label_index = {label: index for index, label in model.config.id2label.items()}
+    pipeline_probs = torch.zeros(len(images), model.config.num_labels)
+    for row, predictions in enumerate(classifier(images, top_k=model.config.num_labels)):
+        for prediction in predictions:
+            pipeline_probs[row, label_index[prediction["label"]]] = prediction["score"]
+    with torch.no_grad():
+        inputs = processor(images=images, return_tensors="pt")
+        processor_probs = model(**inputs).logits.softmax(dim=-1)
+    return {"pipeline_probs": pipeline_probs, "processor_probs": processor_probs}
 
 
 def main() -> None:

@@ -1,38 +1,55 @@
-"""benchmarks/accuracy.py: replayed views, warm-up scaling, resumable records and the report."""
+"""benchmarks/accuracy.py (benchmarks/cifar100): replayed views, warm-up scaling, resumable
+records, the kept Hub-ready models, their transfer, the reports and publishing the set."""
 
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
+from huggingface_hub import ModelCard
 from PIL import Image
+from transformers import AutoModelForImageClassification
 
-from benchmarks.accuracy import (
+from benchmarks.cifar100.cli import main
+from benchmarks.cifar100.config import (
     MCLD_ABLATIONS,
     METHODS,
-    README_END,
-    README_START,
     TIERS,
     VIEW_SEED,
     StudentSpec,
+    planned_runs,
+)
+from benchmarks.cifar100.data import load_tensor_data, model_inputs
+from benchmarks.cifar100.report import (
+    README_END,
+    README_START,
     ablation_deltas,
     compare_records,
-    distillation_arguments,
-    load_tensor_data,
-    main,
-    model_inputs,
-    planned_runs,
     write_report,
 )
+from benchmarks.cifar100.training import distillation_arguments
 from hf_kd.data.device_views import apply_view_params, replayed_view_params
 from hf_kd.logit_cache import load_teacher_logit_cache
 from hf_kd.losses import preset
+from hf_kd.model_card import read_student_card
 from hf_kd.models import load_classifier
+from hf_kd.transfer import read_transfer_results
+from tests.hub_client import (
+    assert_same_logits,
+    push_and_pull_in_fresh_process,
+    run_in_fresh_process,
+)
+
+pytest_plugins = ("tests.hub_server",)  # the loopback_hub fixture
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_warmups_are_scaled_to_the_schedule_for_every_method(tmp_path: Path) -> None:
@@ -158,13 +175,39 @@ def _tiny_split(count: int, rng: np.random.Generator) -> Dataset:
     return Dataset.from_dict({"img": images, "fine_label": labels}, features=features)
 
 
-@pytest.fixture
-def tiny_cifar(tmp_path: Path) -> Path:
+def _save_tiny_cifar(path: Path) -> Path:
     rng = np.random.default_rng(0)
-    path = tmp_path / "tiny_cifar"
     DatasetDict({"train": _tiny_split(48, rng), "test": _tiny_split(16, rng)}).save_to_disk(
         str(path)
     )
+    return path
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path: Path) -> Path:
+    return _save_tiny_cifar(tmp_path / "tiny_cifar")
+
+
+def _save_tiny_transfer(path: Path) -> Path:
+    """A transfer dataset in the shared data's layout (parquet files under ``data/``): 64x64
+    images of 5 colour classes, as Tiny-ImageNet's are 64x64."""
+    rng = np.random.default_rng(1)
+    names = ("red", "green", "blue", "grey", "dark")
+    for split, count in (("train", 40), ("test", 20)):
+        images, labels = [], []
+        for index in range(count):
+            label = index % len(names)
+            pixels = rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)
+            if label < 3:
+                pixels[..., label] += 180
+            elif label == 3:
+                pixels += 120
+            images.append(Image.fromarray(pixels))
+            labels.append(label)
+        features = Features({"image": ImageFeature(), "label": ClassLabel(names=names)})
+        dataset = Dataset.from_dict({"image": images, "label": labels}, features=features)
+        (path / "data").mkdir(parents=True, exist_ok=True)
+        dataset.to_parquet(str(path / "data" / f"{split}-00000-of-00001.parquet"))
     return path
 
 
@@ -187,17 +230,57 @@ def _benchmark_argv(dataset: Path, tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("keep_torch_threads")
-def test_cpu_tier_trains_the_teacher_caches_its_views_distils_and_resumes(
-    tiny_cifar: Path, tmp_path: Path
-) -> None:
-    argv = _benchmark_argv(tiny_cifar, tmp_path, "--only", "ce", "mcld", "mcld_no_sample")
-    main(argv)
+KEPT_STUDENTS = ("ce", "kd", "mcld", "mcld_no_sample")
 
-    runs = tmp_path / "results" / "accuracy_runs"
-    records = {path.stem: json.loads(path.read_text()) for path in runs.glob("*.json")}
-    assert sorted(records) == ["ce_seed0", "mcld_no_sample_seed0", "mcld_seed0", "teacher"]
+
+@dataclass(frozen=True)
+class TinyRun:
+    """A finished tiny run of the CPU tier with its transfer stage, and how to rerun it."""
+
+    root: Path
+    dataset: Path
+    transfer_dataset: Path
+    argv: list[str]
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "results" / "accuracy_runs"
+
+    def records(self) -> dict[str, dict]:
+        return {path.stem: json.loads(path.read_text()) for path in self.runs.glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    root = tmp_path_factory.mktemp("tiny_run")
+    dataset = _save_tiny_cifar(root / "tiny_cifar")
+    transfer_dataset = _save_tiny_transfer(root / "tiny_transfer")
+    argv = _benchmark_argv(
+        dataset,
+        root,
+        "--only", *KEPT_STUDENTS,
+        "--transfer", "--transfer_datasets", str(transfer_dataset), "--probe_epochs", "3",
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    return TinyRun(root, dataset, transfer_dataset, argv)
+
+
+@pytest.mark.slow
+def test_cpu_tier_trains_the_teacher_caches_its_views_and_distils(tiny_run: TinyRun) -> None:
+    tmp_path = tiny_run.root
+    tiny_cifar = tiny_run.dataset
+    records = tiny_run.records()
+    assert sorted(records) == [
+        "ce_seed0",
+        "kd_seed0",
+        "mcld_no_sample_seed0",
+        "mcld_seed0",
+        "teacher",
+    ]
     assert records["teacher"]["architecture"] == TIERS["cpu"].teacher_architecture
     assert records["ce_seed0"]["objective"]["kd_weight"] == 0.0
     mcld_kwargs = records["mcld_seed0"]["objective"]["loss_kwargs"]
@@ -232,10 +315,144 @@ def test_cpu_tier_trains_the_teacher_caches_its_views_distils_and_resumes(
     )
     assert "## Accuracy on CIFAR-100 (CPU budget)" in (tmp_path / "RESULTS.md").read_text()
 
-    # A second run finds every requested run recorded and trains nothing.
-    written = {path.name: path.stat().st_mtime_ns for path in runs.glob("*.json")}
-    main(argv)
-    assert {path.name: path.stat().st_mtime_ns for path in runs.glob("*.json")} == written
+
+@pytest.mark.slow
+def test_every_model_is_kept_hub_ready_with_its_card(tiny_run: TinyRun) -> None:
+    records = tiny_run.records()
+    data = load_tensor_data(str(tiny_run.dataset), 16, tiny_run.root / "data_cache")
+    pixel_values = model_inputs(data.test_images, TIERS["cpu"])
+    names = set()
+    for run, record in records.items():
+        folder = Path(record["model_dir"])
+        names.add(folder.name)
+        architecture = record["architecture"]
+        expected_name = "teacher" if run == "teacher" else run.replace("_seed", "-seed")
+        assert folder.name == f"cifar100-16px-{architecture}-{expected_name}"
+        # both libraries load the same weights; the saved model scores the recorded top-1
+        model = AutoModelForImageClassification.from_pretrained(folder).eval()
+        timm_model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        with torch.no_grad():
+            logits = model(pixel_values=pixel_values).logits
+            torch.testing.assert_close(timm_model(pixel_values), logits, rtol=0, atol=1e-5)
+        top1 = (logits.argmax(-1) == data.test_labels).float().mean().item()
+        assert 100 * top1 == pytest.approx(record["top1"])
+        card = read_student_card(folder)
+        assert card.training.seed == record.get("seed", 0)
+        assert card.eval_split == "test" and card.eval_accuracy == pytest.approx(top1)
+        assert card.training_curves and (folder / card.training_curves).is_file()
+        metadata = ModelCard.load(folder / "README.md").data
+        cifar = [
+            result for result in metadata.eval_results if result.task_name == "Image Classification"
+        ]
+        assert [result.metric_value for result in cifar] == [round(top1, 4)]
+        assert metadata.datasets == ["uoft-cs/cifar100"]
+        if run == "teacher":
+            continue
+        assert card.training.hyperparameters["learning_rate"] == TIERS["cpu"].learning_rate
+        assert card.method == record["objective"]["method"]
+        assert card.kd_weight == record["objective"]["kd_weight"]
+        teacher_folder = Path(records["teacher"]["model_dir"])
+        if card.kd_weight:
+            assert card.teacher.name == teacher_folder.name
+            assert card.teacher_eval_accuracy == pytest.approx(records["teacher"]["top1"] / 100)
+    assert len(names) == len(records)
+
+
+@pytest.mark.slow
+def test_transfer_stage_probes_every_kept_model_and_adds_it_to_the_card(tiny_run: TinyRun) -> None:
+    results = tiny_run.root / "results"
+    transfer = json.loads((results / "transfer.json").read_text())["records"]
+    # the teacher, CE only and the methods; not the ablation
+    assert sorted(record["method"] for record in transfer) == ["ce", "kd", "mcld", "teacher"]
+    records = tiny_run.records()
+    for record in transfer:
+        assert record["dataset"] == "tiny_transfer" and record["seed"] == 0
+        assert 0.0 <= record["top1_accuracy"] <= 1.0
+        assert (record["num_classes"], record["num_train_samples"]) == (5, 40)
+        assert record["num_eval_samples"] == 20 and record["image_size"] == [16, 16]
+        folder = Path(records[record["run"]]["model_dir"])
+        kept = read_transfer_results(folder)
+        assert [result.top1_accuracy for result in kept] == [record["top1_accuracy"]]
+        metadata = ModelCard.load(folder / "README.md").data
+        probes = [r for r in metadata.eval_results if r.task_name == "Linear-probe transfer"]
+        assert [r.metric_value for r in probes] == [round(record["top1_accuracy"], 4)]
+    summary = json.loads((results / "transfer_summary.json").read_text())["tiny_transfer"]
+    kd, mcld = summary["kd"], summary["mcld"]
+    assert mcld["delta_vs_kd"] == pytest.approx([mcld["top1"][0] - kd["top1"][0]])
+    assert summary["ce"]["delta_vs_ce"] == [0.0]
+    section = (tiny_run.root / "RESULTS.md").read_text()
+    assert "## Transfer of the CIFAR-100 students (linear probe, CPU budget)" in section
+    assert (results / "transfer.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_rerun_trains_and_probes_nothing_already_finished(tiny_run: TinyRun) -> None:
+    def written() -> dict[str, int]:
+        paths = [
+            *tiny_run.runs.glob("*.json"),
+            *(tiny_run.root / "results" / "transfer_runs").glob("*.json"),
+            *(tiny_run.root / "work" / "models").glob("*/model.safetensors"),
+        ]
+        return {str(path): path.stat().st_mtime_ns for path in paths}
+
+    before = written()
+    assert len(before) == 5 + 4 + 5
+    threads = torch.get_num_threads()
+    try:
+        main(tiny_run.argv)
+    finally:
+        torch.set_num_threads(threads)
+    assert written() == before
+
+
+@pytest.mark.slow
+def test_the_kept_set_is_published_and_reloads_from_the_hub(
+    tiny_run: TinyRun, loopback_hub, tmp_path: Path
+) -> None:
+    """One command pushes the set; each repo reloads with transformers, timm and pipeline."""
+    command = [
+        sys.executable, str(REPO_ROOT / "benchmarks" / "accuracy.py"), "--report",
+        "--results_dir", str(tiny_run.root / "results"),
+        "--push_to_hub", "--hub_organization", loopback_hub.user,
+    ]  # fmt: skip
+    run_in_fresh_process(loopback_hub, command, tmp_path / "home")
+
+    records = tiny_run.records()
+    data = load_tensor_data(str(tiny_run.dataset), 16, tiny_run.root / "data_cache")
+    pixel_values = model_inputs(data.test_images[:6], TIERS["cpu"])
+    images = []
+    for index in range(3):
+        path = tmp_path / f"image{index}.png"
+        Image.fromarray(data.test_images[index].permute(1, 2, 0).numpy()).save(path)
+        images.append(str(path))
+    jobs = [
+        {
+            "folder": record["model_dir"],
+            "repo_id": f"{loopback_hub.user}/{Path(record['model_dir']).name}",
+            "timm": True,
+            "private": False,
+            "push": False,
+            "images": images,
+        }
+        for record in records.values()
+    ]
+    pulled = push_and_pull_in_fresh_process(loopback_hub, jobs, pixel_values, tmp_path / "pull")
+    teacher_repo = f"{loopback_hub.user}/{Path(records['teacher']['model_dir']).name}"
+    for job, (logits, report) in zip(jobs, pulled, strict=True):
+        local = AutoModelForImageClassification.from_pretrained(job["folder"]).eval()
+        with torch.no_grad():
+            expected = local(pixel_values=pixel_values).logits
+        assert_same_logits(logits["transformers"], expected)
+        assert_same_logits(logits["timm"], expected)
+        torch.testing.assert_close(
+            logits["pipeline_probs"], logits["processor_probs"], rtol=0, atol=1e-5
+        )
+        assert {"model.safetensors", "config.json", "README.md"} <= set(report["files"])
+        assert "transfer_results.json" in report["files"] or "mcld_no_sample" in job["repo_id"]
+        card = report["card_text"]
+        assert f"hf-hub:{job['repo_id']}" in card
+        if job["repo_id"] != teacher_repo and "-ce-" not in job["repo_id"]:
+            assert teacher_repo in card
 
 
 @pytest.mark.slow

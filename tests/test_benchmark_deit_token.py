@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.accuracy import build_optimizer, distillation_arguments
+from benchmarks.cifar100.training import build_optimizer, distillation_arguments
 from benchmarks.deit_token import (
     README_END,
     README_START,
