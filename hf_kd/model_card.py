@@ -2,12 +2,14 @@
 
 :class:`StudentCard` holds everything a card states (teacher -> student, parameter counts,
 measured speed-up, method and citation, every hyperparameter, the training setup, eval and
-transfer accuracy). A model trained without distillation (``kd_weight == 0``, or no teacher:
-a teacher trained with cross-entropy by :class:`hf_kd.classifier_trainer.ClassifierTrainer`)
-gets a card that says so and names no teacher, method or speed-up (:attr:`StudentCard.distilled`). :func:`render_model_card` turns it into a ``README.md``: YAML metadata
-with a ``model-index`` (built with ``huggingface_hub.ModelCardData``, so ``ModelCard``
-parses it back) and a body rendered from the Jinja template ``student_card.md`` (package
-data in ``hf_kd/templates/``, linked from the repository's ``model_cards/``).
+transfer accuracy). A model trained without distillation (``kd_weight == 0``, or no
+teacher: a teacher trained with cross-entropy by
+:class:`hf_kd.classifier_trainer.ClassifierTrainer`) gets a card that says so and names no
+teacher, method or speed-up (:attr:`StudentCard.distilled`). :func:`render_model_card`
+turns it into a ``README.md``: YAML metadata with a ``model-index`` (built with
+``huggingface_hub.ModelCardData``, so ``ModelCard`` parses it back) and a body rendered
+from the Jinja template ``student_card.md`` (package data in ``hf_kd/templates/``, linked
+from the repository's ``model_cards/``).
 :func:`write_model_card` writes the card, its training-curves PNG and ``student_card.json``
 (the card's data, so later results such as transfer evaluation can re-render it).
 """
@@ -44,9 +46,7 @@ CARD_DATA_FILE = "student_card.json"
 TRAINING_CURVES_FILE = "training_curves.png"
 TASK = "image-classification"
 # timm architectures that exist only once hf-kd is imported: the usage snippets import it first
-HF_KD_ARCHITECTURES = frozenset(
-    timm.list_models(module=models_cifar.__name__.rpartition(".")[2])
-)
+HF_KD_ARCHITECTURES = frozenset(timm.list_models(module=models_cifar.__name__.rpartition(".")[2]))
 # the libraries a card lists with their versions, as the Trainer's own cards do
 FRAMEWORKS = ("hf-kd", "torch", "transformers", "timm", "datasets", "accelerate")
 
@@ -315,9 +315,10 @@ class StudentCard:
     ``kd_weight > 0``; otherwise it was trained with cross-entropy on the labels only and the
     card names no teacher, speed-up, method or method citation (``teacher`` is ``None`` for a
     classifier trained by :class:`hf_kd.classifier_trainer.ClassifierTrainer`, whose
-    ``method`` is ``None`` too). ``ce_weight``, ``kd_weight``, ``warmup_epochs`` and ``warmup_schedule`` are the training
-    objective's ``total = ce_weight * CE + kd_weight * w(epoch) * loss``;
-    ``loss_hyperparameters`` are the distillation loss's own (``build_loss(method,
+    ``method`` is ``None`` too). ``ce_weight``, ``kd_weight``, ``warmup_epochs`` and
+    ``warmup_schedule`` are the training objective's
+    ``total = ce_weight * CE + kd_weight * w(epoch) * loss``; ``loss_hyperparameters`` are
+    the distillation loss's own (``build_loss(method,
     **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
     measured on ``eval_split`` of ``training.dataset``. The usage snippets load ``repo_id``
     when the student is on the Hub, else ``local_dir``, the folder the card was written to.
