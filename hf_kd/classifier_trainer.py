@@ -20,7 +20,7 @@ from typing import Any
 from transformers import Trainer
 
 from hf_kd.data.device_views import IMAGES_COLUMN, DeviceViews
-from hf_kd.model_card import HubMetadata, ModelSummary, StudentCard
+from hf_kd.model_card import ModelSummary
 from hf_kd.model_folder import ModelFolderMixin, dataset_sizes
 from hf_kd.preprocessing import ImagePreprocessing
 
@@ -72,25 +72,6 @@ class ClassifierTrainer(ModelFolderMixin, Trainer):
         inputs = super()._prepare_inputs(inputs)
         return self.device_views(inputs) if IMAGES_COLUMN in inputs else inputs
 
-    def student_card(
-        self,
-        *,
-        model_name: str | None = None,
-        dataset: str | None = None,
-        license: str | None = None,
-        finetuned_from: str | None = None,
-        hub_metadata: HubMetadata | None = None,
-    ) -> StudentCard:
-        """The model card's content: a classifier trained with cross-entropy only.
-
-        The fields of :meth:`hf_kd.model_folder.ModelFolderMixin.card_fields`, no teacher and
-        no distillation method (``kd_weight`` 0).
-        """
-        fields = self.card_fields(
-            model_name=model_name,
-            dataset=dataset,
-            license=license,
-            finetuned_from=finetuned_from,
-            hub_metadata=hub_metadata,
-        )
-        return StudentCard(**fields, teacher=None, method=None, kd_weight=0.0)
+    def card_objective_fields(self) -> dict[str, Any]:
+        """The card's objective: cross-entropy only, no teacher and no distillation method."""
+        return {"teacher": None, "method": None, "kd_weight": 0.0}

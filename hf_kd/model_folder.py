@@ -6,9 +6,9 @@
 in the layout timm and transformers both load, with its preprocessing); ``save_model`` called
 by the user (not the Trainer's checkpoint saves) also writes the model card with
 :meth:`ModelFolderMixin.create_model_card`, the Trainer's signature. The card holds what
-:meth:`ModelFolderMixin.card_fields` reads off the run (model, training setup, the latest
-evaluation's accuracy, licence, Hub metadata, framework versions) plus what the trainer's own
-``student_card`` adds (the teacher and the distillation objective, if any).
+:meth:`ModelFolderMixin.student_card` reads off the run (model, training setup, the latest
+evaluation's accuracy, licence, Hub metadata, framework versions) plus what the trainer's
+``card_objective_fields`` adds (the teacher and the distillation objective, if any).
 
 The card is built from ``state`` and ``args`` only, so a trainer whose ``state`` was loaded
 from a finished run's ``trainer_state.json`` (``TrainerState.load_from_json``) writes the
@@ -48,8 +48,9 @@ class ModelFolderMixin:
     The trainer sets ``student_summary`` (:class:`hf_kd.model_card.ModelSummary` of its model,
     taken before Accelerate wraps it), ``student_preprocessing`` (the model's input, saved with
     it unless ``processing_class`` is an image processor), ``dataset_name``,
-    ``eval_split_name`` and ``split_sizes``, and implements ``student_card`` with the keyword
-    arguments of :meth:`card_fields`.
+    ``eval_split_name`` and ``split_sizes``, and implements ``card_objective_fields()``: the
+    :class:`hf_kd.model_card.StudentCard` fields of its training objective (``teacher``,
+    ``method``, ``kd_weight``, ...).
     """
 
     student_summary: ModelSummary
@@ -101,7 +102,7 @@ class ModelFolderMixin:
         )
         save_student(model, output_dir, image_processor=image_processor, state_dict=state_dict)
 
-    def card_fields(
+    def student_card(
         self,
         *,
         model_name: str | None = None,
@@ -109,14 +110,15 @@ class ModelFolderMixin:
         license: str | None = None,
         finetuned_from: str | None = None,
         hub_metadata: HubMetadata | None = None,
-    ) -> dict[str, Any]:
-        """The :class:`hf_kd.model_card.StudentCard` fields every trainer's card has.
+    ) -> StudentCard:
+        """The model card's content for the model as it is now.
 
         The model (``finetuned_from`` names its initialisation, the card's ``base_model``),
         the training setup read from ``args`` and ``state`` (epochs and optimizer steps
         trained), the latest evaluation's accuracy in ``state.log_history`` (on
         ``eval_split_name``), ``args.hub_model_id`` as the repo the usage snippets load, the
-        licence (default ``apache-2.0``), ``hub_metadata`` and the framework versions.
+        licence (default ``apache-2.0``), ``hub_metadata``, the framework versions, and the
+        trainer's objective (``card_objective_fields``: the teacher, method and weights).
         ``model_name`` defaults to the Hub repo's name, else the output folder's.
         """
         accuracy, top5_accuracy = latest_eval_accuracies(self.state.log_history)
@@ -124,24 +126,25 @@ class ModelFolderMixin:
         model = self.student_summary
         if finetuned_from is not None:
             model = dataclasses.replace(model, initialisation=finetuned_from)
-        return {
-            "model_name": model_name or card_model_name(repo_id, self.args.output_dir),
-            "student": model,
-            "training": TrainingSetup.from_training_args(
+        return StudentCard(
+            model_name=model_name or card_model_name(repo_id, self.args.output_dir),
+            student=model,
+            training=TrainingSetup.from_training_args(
                 self.args,
                 dataset or self.dataset_name or "an unnamed dataset",
                 epochs=self.state.epoch or 0.0,
                 steps=self.state.global_step,
                 split_sizes=self.split_sizes,
             ),
-            "eval_accuracy": accuracy,
-            "eval_top5_accuracy": top5_accuracy,
-            "eval_split": self.eval_split_name,
-            "license": license or DEFAULT_LICENSE,
-            "repo_id": repo_id,
-            "hub_metadata": hub_metadata or HubMetadata(),
-            "framework_versions": framework_versions(),
-        }
+            eval_accuracy=accuracy,
+            eval_top5_accuracy=top5_accuracy,
+            eval_split=self.eval_split_name,
+            license=license or DEFAULT_LICENSE,
+            repo_id=repo_id,
+            hub_metadata=hub_metadata or HubMetadata(),
+            framework_versions=framework_versions(),
+            **self.card_objective_fields(),
+        )
 
     def create_model_card(
         self,
@@ -160,7 +163,7 @@ class ModelFolderMixin:
         """Write the model card to ``output_dir`` (default ``args.output_dir``).
 
         The Trainer's signature, in its order; replaces the Trainer's draft card, which lists
-        no results: see the trainer's ``student_card`` and
+        no results: see :meth:`student_card` and
         :func:`hf_kd.model_card.write_model_card`. ``license`` (default ``apache-2.0``),
         ``model_name`` (default: the Hub repo's name, else the output folder's), ``dataset``
         (the dataset's display name, default ``dataset_name``; a list is joined) and

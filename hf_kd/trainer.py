@@ -84,7 +84,7 @@ from hf_kd.hub import copy_student_files, push_student_to_hub
 from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
 from hf_kd.metrics import accuracy_means
-from hf_kd.model_card import HubMetadata, ModelSummary, StudentCard, latest_head_accuracies
+from hf_kd.model_card import ModelSummary, latest_head_accuracies
 from hf_kd.model_folder import ModelFolderMixin, dataset_sizes
 from hf_kd.preprocessing import ImagePreprocessing
 from hf_kd.speed import InferenceSpeed, measure_inference_speed
@@ -589,23 +589,14 @@ class DistillationTrainer(ModelFolderMixin, Trainer):
 
     # ---- saving, model card and Hub ----
 
-    def student_card(
-        self,
-        *,
-        model_name: str | None = None,
-        dataset: str | None = None,
-        license: str | None = None,
-        finetuned_from: str | None = None,
-        hub_metadata: HubMetadata | None = None,
-    ) -> StudentCard:
-        """The model card's content for the student as it is now.
-
-        The fields of :meth:`hf_kd.model_folder.ModelFolderMixin.card_fields` (student,
-        training setup, the latest evaluation's accuracy, licence, Hub repo and metadata), the
-        teacher's name and size, the objective and every loss hyperparameter and, when the
-        student was distilled (``kd_weight > 0``), the measured speed-up
-        (:meth:`inference_speed`). With ``kd_weight == 0`` the card states that the student
-        was trained with cross-entropy only (:attr:`hf_kd.model_card.StudentCard.distilled`).
+    def card_objective_fields(self) -> dict[str, Any]:
+        """The model card's objective: the teacher's name and size, the method, the weights
+        and every loss hyperparameter, each head's accuracy for a distillation-token student
+        and, when the student was distilled (``kd_weight > 0``), the teacher's accuracy and
+        the measured speed-up (:meth:`inference_speed`). With ``kd_weight == 0`` the card
+        states that the student was trained with cross-entropy only
+        (:attr:`hf_kd.model_card.StudentCard.distilled`); the rest of the card is
+        :meth:`hf_kd.model_folder.ModelFolderMixin.student_card`'s.
         """
         cls_accuracy, distillation_accuracy = latest_head_accuracies(self.state.log_history)
         loss_hyperparameters = {
@@ -614,28 +605,21 @@ class DistillationTrainer(ModelFolderMixin, Trainer):
             if name not in NOT_LOSS_HYPERPARAMETERS
         }
         objective = self.objective
-        return StudentCard(
-            **self.card_fields(
-                model_name=model_name,
-                dataset=dataset,
-                license=license,
-                finetuned_from=finetuned_from,
-                hub_metadata=hub_metadata,
-            ),
-            teacher=self.teacher_summary,
-            method=objective.method,
-            loss_hyperparameters=loss_hyperparameters,
-            ce_weight=objective.ce_weight,
-            kd_weight=objective.kd_weight,
-            warmup_epochs=objective.warmup_epochs,
-            warmup_schedule=objective.warmup_schedule,
-            logit_standardization=self.distillation_loss.logit_standardization,
-            teacher_eval_accuracy=self.teacher_eval_accuracy,
-            speed=self.inference_speed() if objective.kd_weight > 0 else None,
-            distillation_token=self.distillation_token,
-            eval_cls_accuracy=cls_accuracy,
-            eval_distillation_accuracy=distillation_accuracy,
-        )
+        return {
+            "teacher": self.teacher_summary,
+            "method": objective.method,
+            "loss_hyperparameters": loss_hyperparameters,
+            "ce_weight": objective.ce_weight,
+            "kd_weight": objective.kd_weight,
+            "warmup_epochs": objective.warmup_epochs,
+            "warmup_schedule": objective.warmup_schedule,
+            "logit_standardization": self.distillation_loss.logit_standardization,
+            "teacher_eval_accuracy": self.teacher_eval_accuracy,
+            "speed": self.inference_speed() if objective.kd_weight > 0 else None,
+            "distillation_token": self.distillation_token,
+            "eval_cls_accuracy": cls_accuracy,
+            "eval_distillation_accuracy": distillation_accuracy,
+        }
 
     def push_to_hub(
         self,
