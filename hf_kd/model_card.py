@@ -318,9 +318,9 @@ class StudentCard:
     ``method`` is ``None`` too). ``ce_weight``, ``kd_weight``, ``warmup_epochs`` and
     ``warmup_schedule`` are the training objective's
     ``total = ce_weight * CE + kd_weight * w(epoch) * loss``; ``loss_hyperparameters`` are
-    the distillation loss's own (``build_loss(method,
-    **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
-    measured on ``eval_split`` of ``training.dataset``. The usage snippets load ``repo_id``
+    the distillation loss's own (``build_loss(method, **loss_hyperparameters)``).
+    Accuracies are fractions in [0, 1]; ``eval_accuracy`` is measured on ``eval_split`` of
+    ``training.dataset``. The usage snippets load ``repo_id``
     when the student is on the Hub, else ``local_dir``, the folder the card was written to.
     ``framework_versions`` are those of the training run. ``distillation_token``: the
     student has a distillation token (DeiT): its class head learns CE, its distillation head
@@ -485,7 +485,9 @@ def template_context(card: StudentCard) -> dict[str, Any]:
     """The variables of the ``student_card.md`` template, formatted for display.
 
     Without distillation (:attr:`StudentCard.distilled` false) the teacher, its accuracy, the
-    speed-up, the method, its hyperparameters and citations are ``None`` or empty.
+    speed-up, the method and its citations are ``None`` or empty, the objective lists only
+    ``ce_weight`` and ``kd_weight``, and the template leaves out the teacher and method
+    sections (the loss hyperparameters among them).
     """
     distilled = card.distilled
     averaged = " of the averaged heads" if card.distillation_token else ""
