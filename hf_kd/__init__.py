@@ -1,5 +1,10 @@
-"""hf-kd: logit knowledge distillation of image classifiers on the Hugging Face stack."""
+"""hf-kd: logit knowledge distillation of image classifiers on the Hugging Face stack.
 
+Importing hf-kd registers its CIFAR ResNets (``cifar_resnet8``, ...) with timm, so a saved
+model of one of them loads with timm or transformers after ``import hf_kd``.
+"""
+
+from hf_kd import models_cifar  # noqa: F401  (registers the architectures with timm)
 from hf_kd.logit_cache import (
     TeacherLogitCache,
     cache_teacher_logits,

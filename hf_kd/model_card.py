@@ -1,11 +1,15 @@
-"""Model cards of distilled students: what was distilled, how, and how well it does.
+"""Model cards of classifiers trained with hf-kd: what was trained, how, and how well it does.
 
 :class:`StudentCard` holds everything a card states (teacher -> student, parameter counts,
 measured speed-up, method and citation, every hyperparameter, the training setup, eval and
-transfer accuracy). :func:`render_model_card` turns it into a ``README.md``: YAML metadata
-with a ``model-index`` (built with ``huggingface_hub.ModelCardData``, so ``ModelCard``
-parses it back) and a body rendered from the Jinja template ``student_card.md`` (package
-data in ``hf_kd/templates/``, linked from the repository's ``model_cards/``).
+transfer accuracy). A model trained without distillation (``kd_weight == 0``, or no
+teacher: a teacher trained with cross-entropy by
+:class:`hf_kd.classifier_trainer.ClassifierTrainer`) gets a card that says so and names no
+teacher, method or speed-up (:attr:`StudentCard.distilled`). :func:`render_model_card`
+turns it into a ``README.md``: YAML metadata with a ``model-index`` (built with
+``huggingface_hub.ModelCardData``, so ``ModelCard`` parses it back) and a body rendered
+from the Jinja template ``student_card.md`` (package data in ``hf_kd/templates/``, linked
+from the repository's ``model_cards/``).
 :func:`write_model_card` writes the card, its training-curves PNG and ``student_card.json``
 (the card's data, so later results such as transfer evaluation can re-render it).
 """
@@ -22,11 +26,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import timm
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 
+from hf_kd import models_cifar
 from hf_kd.citations import citations_for, method_info
 from hf_kd.models import count_parameters, is_timm_model
 from hf_kd.plots import plot_training_curves
@@ -39,6 +45,8 @@ DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "student_card
 CARD_DATA_FILE = "student_card.json"
 TRAINING_CURVES_FILE = "training_curves.png"
 TASK = "image-classification"
+# timm architectures that exist only once hf-kd is imported: the usage snippets import it first
+HF_KD_ARCHITECTURES = frozenset(timm.list_models(module=models_cifar.__name__.rpartition(".")[2]))
 # the libraries a card lists with their versions, as the Trainer's own cards do
 FRAMEWORKS = ("hf-kd", "torch", "transformers", "timm", "datasets", "accelerate")
 
@@ -301,13 +309,18 @@ def _plain(value: object) -> object:
 
 @dataclass
 class StudentCard:
-    """Everything the model card of a distilled student states.
+    """Everything the model card of a classifier trained with hf-kd states.
 
-    ``ce_weight``, ``kd_weight``, ``warmup_epochs`` and ``warmup_schedule`` are the training
-    objective's ``total = ce_weight * CE + kd_weight * w(epoch) * loss``;
-    ``loss_hyperparameters`` are the distillation loss's own (``build_loss(method,
-    **loss_hyperparameters)``). Accuracies are fractions in [0, 1]; ``eval_accuracy`` is
-    measured on ``eval_split`` of ``training.dataset``. The usage snippets load ``repo_id``
+    The model was distilled (:attr:`distilled`) when a ``teacher`` is named and
+    ``kd_weight > 0``; otherwise it was trained with cross-entropy on the labels only and the
+    card names no teacher, speed-up, method or method citation (``teacher`` is ``None`` for a
+    classifier trained by :class:`hf_kd.classifier_trainer.ClassifierTrainer`, whose
+    ``method`` is ``None`` too). ``ce_weight``, ``kd_weight``, ``warmup_epochs`` and
+    ``warmup_schedule`` are the training objective's
+    ``total = ce_weight * CE + kd_weight * w(epoch) * loss``; ``loss_hyperparameters`` are
+    the distillation loss's own (``build_loss(method, **loss_hyperparameters)``).
+    Accuracies are fractions in [0, 1]; ``eval_accuracy`` is measured on ``eval_split`` of
+    ``training.dataset``. The usage snippets load ``repo_id``
     when the student is on the Hub, else ``local_dir``, the folder the card was written to.
     ``framework_versions`` are those of the training run. ``distillation_token``: the
     student has a distillation token (DeiT): its class head learns CE, its distillation head
@@ -317,8 +330,8 @@ class StudentCard:
 
     model_name: str
     student: ModelSummary
-    teacher: ModelSummary
-    method: str
+    teacher: ModelSummary | None
+    method: str | None
     training: TrainingSetup
     loss_hyperparameters: dict[str, Any] = field(default_factory=dict)
     ce_weight: float = 1.0
@@ -342,6 +355,11 @@ class StudentCard:
     eval_cls_accuracy: float | None = None
     eval_distillation_accuracy: float | None = None
 
+    @property
+    def distilled(self) -> bool:
+        """Whether a teacher's logits entered the training loss (a teacher, ``kd_weight > 0``)."""
+        return self.teacher is not None and self.kd_weight > 0
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["transfer_results"] = [result.to_dict() for result in self.transfer_results]
@@ -351,7 +369,7 @@ class StudentCard:
     def from_dict(cls, data: dict[str, Any]) -> StudentCard:
         data = dict(data)
         data["student"] = ModelSummary(**data["student"])
-        data["teacher"] = ModelSummary(**data["teacher"])
+        data["teacher"] = ModelSummary(**data["teacher"]) if data.get("teacher") else None
         data["training"] = TrainingSetup(**data["training"])
         data["hub_metadata"] = HubMetadata(**data.get("hub_metadata", {}))
         data["speed"] = InferenceSpeed(**data["speed"]) if data.get("speed") else None
@@ -417,9 +435,10 @@ def card_metadata(card: StudentCard) -> ModelCardData:
             )
         )
     eval_results += [transfer_eval_result(result) for result in card.transfer_results]
-    tags = [TASK, "knowledge-distillation", card.method, "hf-kd"]
+    distillation_tags = ["knowledge-distillation", card.method]
     if card.logit_standardization:
-        tags.append("logit-standardization")
+        distillation_tags.append("logit-standardization")
+    tags = [TASK, *(distillation_tags if card.distilled else []), "hf-kd"]
     if card.student.library == "timm":
         tags += ["timm", "transformers"]
     tags += [tag for tag in hub.tags if tag not in tags]
@@ -463,15 +482,22 @@ def _value(value: object) -> str:
 
 
 def template_context(card: StudentCard) -> dict[str, Any]:
-    """The variables of the ``student_card.md`` template, formatted for display."""
-    method = method_info(card.method)
+    """The variables of the ``student_card.md`` template, formatted for display.
+
+    Without distillation (:attr:`StudentCard.distilled` false) the teacher, its accuracy, the
+    speed-up, the method and its citations are ``None`` or empty, the objective lists only
+    ``ce_weight`` and ``kd_weight``, and the template leaves out the teacher and method
+    sections (the loss hyperparameters among them).
+    """
+    distilled = card.distilled
     averaged = " of the averaged heads" if card.distillation_token else ""
+    model = "Student" if distilled else "Model"
     accuracies = [
-        (f"Student (top-1{averaged})", card.eval_accuracy),
-        (f"Student (top-5{averaged})", card.eval_top5_accuracy),
+        (f"{model} (top-1{averaged})", card.eval_accuracy),
+        (f"{model} (top-5{averaged})", card.eval_top5_accuracy),
         ("Student's class head (top-1)", card.eval_cls_accuracy),
         ("Student's distillation head (top-1)", card.eval_distillation_accuracy),
-        ("Teacher (top-1)", card.teacher_eval_accuracy),
+        ("Teacher (top-1)", card.teacher_eval_accuracy if distilled else None),
     ]
     results = [
         (label, card.training.dataset, card.eval_split, _percent(value))
@@ -487,13 +513,13 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         )
         for result in card.transfer_results
     ]
-    objective = {
-        "ce_weight": card.ce_weight,
-        "kd_weight": card.kd_weight,
-        "warmup_epochs": card.warmup_epochs,
-        "warmup_schedule": card.warmup_schedule,
-        "logit_standardization": card.logit_standardization,
-    }
+    objective = {"ce_weight": card.ce_weight, "kd_weight": card.kd_weight}
+    if distilled:
+        objective |= {
+            "warmup_epochs": card.warmup_epochs,
+            "warmup_schedule": card.warmup_schedule,
+            "logit_standardization": card.logit_standardization,
+        }
     training = card.training
     sizes = " / ".join(f"{split} {size}" for split, size in training.split_sizes.items())
     setup = [
@@ -506,24 +532,27 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         ("precision", training.precision),
         ("seed", training.seed),
     ]
+    teacher = card.teacher if distilled else None
     return {
         "model_name": card.model_name,
         "model_reference": card.repo_id or card.local_dir or card.model_name,
         "timm_reference": (
             f"hf-hub:{card.repo_id}" if card.repo_id else f"local-dir:{card.local_dir}"
         ),
+        "registers_architecture": card.student.architecture in HF_KD_ARCHITECTURES,
         "dataset": training.dataset,
         "student": card.student,
-        "teacher": card.teacher,
+        "distilled": distilled,
+        "teacher": teacher,
         "student_parameters": _count(card.student.parameters),
-        "teacher_parameters": _count(card.teacher.parameters),
+        "teacher_parameters": _count(teacher.parameters) if teacher else None,
         "compression": (
-            card.teacher.parameters / card.student.parameters
-            if card.teacher.parameters and card.student.parameters
+            teacher.parameters / card.student.parameters
+            if teacher and teacher.parameters and card.student.parameters
             else None
         ),
-        "speed": card.speed,
-        "method": method,
+        "speed": card.speed if distilled else None,
+        "method": method_info(card.method) if distilled else None,
         "method_name": card.method,
         "objective": [(name, _value(value)) for name, value in objective.items()],
         "loss_hyperparameters": [
@@ -540,10 +569,14 @@ def template_context(card: StudentCard) -> dict[str, Any]:
         "framework_versions": card.framework_versions,
         "eval_splits": _eval_splits(card),
         "distillation_token": card.distillation_token,
-        "citations": citations_for(
-            card.method,
-            logit_standardization=card.logit_standardization,
-            distillation_token=card.distillation_token,
+        "citations": (
+            citations_for(
+                card.method,
+                logit_standardization=card.logit_standardization,
+                distillation_token=card.distillation_token,
+            )
+            if distilled
+            else []
         ),
     }
 

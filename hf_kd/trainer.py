@@ -50,7 +50,6 @@ integrations show the training keys under ``train/`` and the evaluation ones und
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -67,7 +66,7 @@ from accelerate.data_loader import prepare_data_loader
 from huggingface_hub import CommitInfo, HfApi
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer
+from transformers import EvalPrediction, PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalLoopOutput, HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress
 
@@ -81,20 +80,12 @@ from hf_kd.distillation_token import (
     head_accuracy_means,
 )
 from hf_kd.eval_samples import samples_kept_by_gather
-from hf_kd.hub import copy_student_files, push_student_to_hub, save_student
+from hf_kd.hub import copy_student_files, push_student_to_hub
 from hf_kd.losses import build_loss
 from hf_kd.losses._common import check_logits_and_labels
 from hf_kd.metrics import accuracy_means
-from hf_kd.model_card import (
-    HubMetadata,
-    ModelSummary,
-    StudentCard,
-    TrainingSetup,
-    framework_versions,
-    latest_eval_accuracies,
-    latest_head_accuracies,
-    write_model_card,
-)
+from hf_kd.model_card import ModelSummary, latest_head_accuracies
+from hf_kd.model_folder import ModelFolderMixin, dataset_sizes
 from hf_kd.preprocessing import ImagePreprocessing
 from hf_kd.speed import InferenceSpeed, measure_inference_speed
 from hf_kd.teacher import FrozenTeacher, check_teacher_matches_student, prepare_teacher
@@ -107,7 +98,6 @@ NONFINITE_TEACHER = "nonfinite_teacher_logits"
 # (5 timed forward passes each, after one warm-up), cheap next to a save.
 SPEED_BATCH_SIZE = 32
 SPEED_REPEATS = 5
-DEFAULT_LICENSE = "apache-2.0"
 # DistillationLoss constructor arguments that are not hyperparameters of the method (the
 # card states logit standardisation on its own).
 NOT_LOSS_HYPERPARAMETERS = ("check_values", "logit_standardization")
@@ -160,7 +150,7 @@ class RunningMeans:
         return dict(zip(names, means, strict=True))
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(ModelFolderMixin, Trainer):
     """Distil a frozen teacher into the student ``model`` with transformers' Trainer.
 
     Args:
@@ -265,7 +255,7 @@ class DistillationTrainer(Trainer):
         self.split_sizes = (
             dict(split_sizes)
             if split_sizes is not None
-            else _dataset_sizes(train=train_dataset, validation=eval_dataset)
+            else dataset_sizes(train=train_dataset, validation=eval_dataset)
         )
         self.student_preprocessing = student_preprocessing
         self._inference_speed: InferenceSpeed | None = None
@@ -599,67 +589,15 @@ class DistillationTrainer(Trainer):
 
     # ---- saving, model card and Hub ----
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the student and, unless the Trainer saves a checkpoint, its model card.
-
-        The student is written by :meth:`_save`; the card (``README.md``,
-        ``student_card.json``, ``training_curves.png``) by :meth:`create_model_card`, on the
-        main process, after the weights. With ``args.push_to_hub`` a user's ``save_model``
-        also pushes, as the Trainer's does.
+    def card_objective_fields(self) -> dict[str, Any]:
+        """The model card's objective: the teacher's name and size, the method, the weights
+        and every loss hyperparameter, each head's accuracy for a distillation-token student
+        and, when the student was distilled (``kd_weight > 0``), the teacher's accuracy and
+        the measured speed-up (:meth:`inference_speed`). With ``kd_weight == 0`` the card
+        states that the student was trained with cross-entropy only
+        (:attr:`hf_kd.model_card.StudentCard.distilled`); the rest of the card is
+        :meth:`hf_kd.model_folder.ModelFolderMixin.student_card`'s.
         """
-        super().save_model(output_dir, _internal_call=True)
-        if _internal_call:
-            return
-        self.create_model_card(output_dir=output_dir)
-        if self.args.push_to_hub:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write the student with :func:`hf_kd.hub.save_student` (main process only).
-
-        Safetensors only, no pickled ``training_args.bin``; a timm student in the layout
-        timm and transformers both load; the student's preprocessing: ``processing_class``
-        when it is an image processor, else ``student_preprocessing``. ``state_dict`` is the
-        one the Trainer gathered under FSDP or DeepSpeed. PEFT students and tensor-parallel
-        loading keep the Trainer's own saving.
-        """
-        student = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        if (
-            not isinstance(student, PreTrainedModel)
-            or getattr(student, "_hf_peft_config_loaded", False)
-            or self.is_distributed_loading_by_transformers
-        ):
-            super()._save(output_dir, state_dict)
-            return
-        if not self.args.should_save:
-            return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        logger.info("saving the student to %s", output_dir)
-        image_processor = (
-            self.processing_class
-            if isinstance(self.processing_class, BaseImageProcessor)
-            else self.student_preprocessing
-        )
-        save_student(student, output_dir, image_processor=image_processor, state_dict=state_dict)
-
-    def student_card(
-        self,
-        *,
-        model_name: str | None = None,
-        dataset: str | None = None,
-        license: str | None = None,
-        finetuned_from: str | None = None,
-        hub_metadata: HubMetadata | None = None,
-    ) -> StudentCard:
-        """The model card's content for the student as it is now.
-
-        Teacher and student names and sizes, the measured speed-up
-        (:meth:`inference_speed`), the objective and every loss hyperparameter, the training
-        setup read from ``args``, the latest evaluation's accuracy from the log history,
-        and ``args.hub_model_id`` as the repo its usage snippets load. ``finetuned_from``
-        names the student's initialisation; ``hub_metadata`` adds to the card's metadata.
-        """
-        accuracy, top5_accuracy = latest_eval_accuracies(self.state.log_history)
         cls_accuracy, distillation_accuracy = latest_head_accuracies(self.state.log_history)
         loss_hyperparameters = {
             name: value
@@ -667,83 +605,21 @@ class DistillationTrainer(Trainer):
             if name not in NOT_LOSS_HYPERPARAMETERS
         }
         objective = self.objective
-        repo_id = self.hub_model_id or self.args.hub_model_id
-        student = self.student_summary
-        if finetuned_from is not None:
-            student = dataclasses.replace(student, initialisation=finetuned_from)
-        return StudentCard(
-            model_name=model_name or _card_model_name(repo_id, self.args.output_dir),
-            student=student,
-            teacher=self.teacher_summary,
-            method=objective.method,
-            training=TrainingSetup.from_training_args(
-                self.args,
-                dataset or self.dataset_name or "an unnamed dataset",
-                epochs=self.state.epoch or 0.0,
-                steps=self.state.global_step,
-                split_sizes=self.split_sizes,
-            ),
-            loss_hyperparameters=loss_hyperparameters,
-            ce_weight=objective.ce_weight,
-            kd_weight=objective.kd_weight,
-            warmup_epochs=objective.warmup_epochs,
-            warmup_schedule=objective.warmup_schedule,
-            logit_standardization=self.distillation_loss.logit_standardization,
-            eval_accuracy=accuracy,
-            eval_top5_accuracy=top5_accuracy,
-            eval_split=self.eval_split_name,
-            teacher_eval_accuracy=self.teacher_eval_accuracy,
-            speed=self.inference_speed(),
-            license=license or DEFAULT_LICENSE,
-            repo_id=repo_id,
-            hub_metadata=hub_metadata or HubMetadata(),
-            framework_versions=framework_versions(),
-            distillation_token=self.distillation_token,
-            eval_cls_accuracy=cls_accuracy,
-            eval_distillation_accuracy=distillation_accuracy,
-        )
-
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-        *,
-        output_dir: str | None = None,
-    ) -> StudentCard | None:
-        """Write the student's model card to ``output_dir`` (default ``args.output_dir``).
-
-        The Trainer's signature, in its order; replaces the Trainer's draft card, which
-        lists no results: see :meth:`student_card` and
-        :func:`hf_kd.model_card.write_model_card`. ``license`` (default ``apache-2.0``),
-        ``model_name`` (default: the Hub repo's name, else the output folder's), ``dataset``
-        (the dataset's display name, default ``dataset_name``; a list is joined) and
-        ``finetuned_from`` (the student's initialisation, the card's ``base_model``)
-        override the card's; ``language``, ``tags`` (with the student's ``model_tags``),
-        ``tasks``, ``dataset_tags`` and ``dataset_args`` join its metadata
-        (:class:`hf_kd.model_card.HubMetadata`). Runs on the processes that save
-        (``args.should_save``); returns the card written, ``None`` elsewhere.
-        """
-        if not self.args.should_save:
-            return None
-        hub_metadata = HubMetadata.of(language, tags, tasks, dataset_tags, dataset_args)
-        model_tags = getattr(self.accelerator.unwrap_model(self.model), "model_tags", None) or []
-        hub_metadata.tags += [tag for tag in model_tags if tag not in hub_metadata.tags]
-        card = self.student_card(
-            model_name=model_name,
-            dataset=", ".join(dataset) if isinstance(dataset, list) else dataset,
-            license=license,
-            finetuned_from=finetuned_from,
-            hub_metadata=hub_metadata,
-        )
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        return write_model_card(card, output_dir, log_history=self.state.log_history)
+        return {
+            "teacher": self.teacher_summary,
+            "method": objective.method,
+            "loss_hyperparameters": loss_hyperparameters,
+            "ce_weight": objective.ce_weight,
+            "kd_weight": objective.kd_weight,
+            "warmup_epochs": objective.warmup_epochs,
+            "warmup_schedule": objective.warmup_schedule,
+            "logit_standardization": self.distillation_loss.logit_standardization,
+            "teacher_eval_accuracy": self.teacher_eval_accuracy,
+            "speed": self.inference_speed() if objective.kd_weight > 0 else None,
+            "distillation_token": self.distillation_token,
+            "eval_cls_accuracy": cls_accuracy,
+            "eval_distillation_accuracy": distillation_accuracy,
+        }
 
     def push_to_hub(
         self,
@@ -944,19 +820,3 @@ def raise_if_not_finite(means: dict[str, float], step: int) -> None:
             f"non-finite training loss parts {not_finite} before step {step}: check the loss "
             "hyperparameters (--loss_kwargs) and the learning rate"
         )
-
-
-def _dataset_sizes(**datasets: Any) -> dict[str, int]:
-    """The length of each dataset that has one (not streams, not several named ones)."""
-    return {
-        split: len(dataset)
-        for split, dataset in datasets.items()
-        if hasattr(dataset, "__len__") and not isinstance(dataset, Mapping)
-    }
-
-
-def _card_model_name(repo_id: str | None, output_dir: str) -> str:
-    """The Trainer's default model name: the Hub repo's name, else the output folder's."""
-    if repo_id:
-        return repo_id.split("/")[-1]
-    return os.path.basename(os.path.abspath(output_dir))
