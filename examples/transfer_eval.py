@@ -29,7 +29,7 @@ from transformers import HfArgumentParser
 
 from hf_kd.hub import push_files_to_hub, push_student_to_hub
 from hf_kd.transfer import LinearProbeConfig, TransferResult, load_transfer_data
-from hf_kd.transfer_saved import transfer_saved_model
+from hf_kd.transfer_saved import SavedModel
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> TransferResult:
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO
     )
     (args,) = HfArgumentParser(TransferArguments).parse_args_into_dataclasses(args=argv)
+    model = SavedModel.load(
+        args.model_name_or_path, device=args.device, trust_remote_code=args.trust_remote_code
+    )
     data = load_transfer_data(
         args.dataset_name,
         train_split=args.train_split,
@@ -138,14 +141,11 @@ def main(argv: list[str] | None = None) -> TransferResult:
         batch_size=args.probe_batch_size,
         seed=args.seed,
     )
-    saved = transfer_saved_model(
-        args.model_name_or_path,
+    saved = model.transfer(
         data,
         args.output_dir,
         probe_config=probe_config,
         batch_size=args.feature_batch_size,
-        device=args.device,
-        trust_remote_code=args.trust_remote_code,
         disable_tqdm=args.disable_tqdm,
     )
     result = saved.result

@@ -21,12 +21,14 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import timm
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError
 from torch import nn
@@ -65,6 +67,77 @@ TRAINING_HYPERPARAMETERS = (
     "gradient_accumulation_steps",
     "label_smoothing_factor",
 )
+# The TrainingArguments that configure the optimizer and schedule the Trainer builds; a run
+# given its own (``Trainer(optimizers=(optimizer, scheduler))``) ignores them.
+OPTIMIZER_ARGUMENTS = frozenset(
+    {
+        "learning_rate",
+        "weight_decay",
+        "optim",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "lr_scheduler_type",
+        "warmup_steps",
+    }
+)
+# Per-step bookkeeping and implementation switches of torch optimizers and schedulers, not
+# hyperparameters.
+NOT_OPTIMIZER_SETTINGS = frozenset(
+    {
+        "params",
+        "initial_lr",
+        "foreach",
+        "maximize",
+        "capturable",
+        "differentiable",
+        "fused",
+        "base_lrs",
+        "last_epoch",
+        "_step_count",
+        "verbose",
+        "_get_lr_called_within_step",
+        "_last_lr",
+        "_is_initial",
+        "lr_lambdas",
+    }
+)
+
+
+def _settings(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain (JSON) hyperparameters of an optimizer's param group or a scheduler's state."""
+    plain = (bool, int, float, str, list, tuple)
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in state.items()
+        if name not in NOT_OPTIMIZER_SETTINGS and isinstance(value, plain)
+    }
+
+
+def describe_optimizer(
+    optimizer: torch.optim.Optimizer, lr_scheduler: object | None = None
+) -> dict[str, Any]:
+    """The card's hyperparameters of an optimizer (and scheduler) given to the Trainer.
+
+    ``learning_rate`` (the initial one) and ``weight_decay`` of the first parameter group,
+    ``optimizer``: its class and that group's settings, ``lr_scheduler``: its class and
+    settings (e.g. ``T_max``; a ``LambdaLR``'s function cannot be described, only named).
+    """
+    # Accelerate's wrappers (AcceleratedOptimizer, AcceleratedScheduler) hold the real ones
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    lr_scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
+    group = optimizer.param_groups[0]
+    described: dict[str, Any] = {
+        "learning_rate": group.get("initial_lr", group["lr"]),
+        "optimizer": {"class": type(optimizer).__name__, **_settings(group)},
+    }
+    described["optimizer"].pop("lr", None)
+    if "weight_decay" in group:
+        described["weight_decay"] = group["weight_decay"]
+    if lr_scheduler is not None:
+        state = lr_scheduler.state_dict() if hasattr(lr_scheduler, "state_dict") else {}
+        described["lr_scheduler"] = {"class": type(lr_scheduler).__name__, **_settings(state)}
+    return described
 
 
 @dataclass
@@ -195,9 +268,13 @@ class TrainingSetup:
         epochs: float,
         steps: int,
         split_sizes: dict[str, int] | None = None,
+        optimizer_hyperparameters: Mapping[str, Any] | None = None,
     ) -> TrainingSetup:
         """Read the setup off the ``TrainingArguments`` of the run (in the process that ran it)
         and the ``epochs`` and optimizer ``steps`` it trained.
+
+        ``optimizer_hyperparameters`` (:func:`describe_optimizer`) describe an optimizer the
+        run was given instead of the one ``args`` configure: they replace those arguments.
 
         ``global_batch_size = per_device_train_batch_size * gradient_accumulation_steps *
         world_size``; precision is ``bf16``, ``fp16`` or ``fp32`` (autocast for the half ones).
@@ -210,6 +287,10 @@ class TrainingSetup:
             for name in TRAINING_HYPERPARAMETERS
             if getattr(args, name, None) is not None
         }
+        if optimizer_hyperparameters is not None:
+            for name in OPTIMIZER_ARGUMENTS:
+                hyperparameters.pop(name, None)
+            hyperparameters.update(optimizer_hyperparameters)
         if args.max_steps > 0:
             hyperparameters["max_steps"] = args.max_steps
         else:

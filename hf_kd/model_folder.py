@@ -10,9 +10,12 @@ by the user (not the Trainer's checkpoint saves) also writes the model card with
 evaluation's accuracy, licence, Hub metadata, framework versions) plus what the trainer's
 ``card_objective_fields`` adds (the teacher and the distillation objective, if any).
 
-The card is built from ``state`` and ``args`` only, so a trainer whose ``state`` was loaded
-from a finished run's ``trainer_state.json`` (``TrainerState.load_from_json``) writes the
-run's card without training in this process.
+An optimizer given to the Trainer (``optimizers=``) is described from the optimizer itself
+(:func:`hf_kd.model_card.describe_optimizer`), not from the arguments it replaces.
+
+The card is built from ``state`` and ``args`` (and that optimizer) only, so a trainer whose
+``state`` was loaded from a finished run's ``trainer_state.json``
+(``TrainerState.load_from_json``) writes the run's card without training in this process.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from hf_kd.model_card import (
     ModelSummary,
     StudentCard,
     TrainingSetup,
+    describe_optimizer,
     framework_versions,
     latest_eval_accuracies,
     write_model_card,
@@ -58,6 +62,13 @@ class ModelFolderMixin:
     dataset_name: str | None
     eval_split_name: str
     split_sizes: dict[str, int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        optimizers = kwargs.get("optimizers") or (None, None)
+        super().__init__(*args, **kwargs)
+        # an optimizer given to the Trainer replaces the one its arguments configure: the card
+        # then describes the one given
+        self.optimizer_given = optimizers[0] is not None
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model and, unless the Trainer saves a checkpoint, its model card.
@@ -135,6 +146,11 @@ class ModelFolderMixin:
                 epochs=self.state.epoch or 0.0,
                 steps=self.state.global_step,
                 split_sizes=self.split_sizes,
+                optimizer_hyperparameters=(
+                    describe_optimizer(self.optimizer, self.lr_scheduler)
+                    if self.optimizer_given
+                    else None
+                ),
             ),
             eval_accuracy=accuracy,
             eval_top5_accuracy=top5_accuracy,

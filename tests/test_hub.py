@@ -21,7 +21,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from hf_kd.hub import push_student_to_hub, save_student
+from hf_kd.hub import push_student_to_hub, push_students_to_hub, save_student
 from hf_kd.model_card import ModelSummary, StudentCard, TrainingSetup, write_model_card
 from hf_kd.models import preprocessing_for
 from hf_kd.preprocessing import ImagePreprocessing
@@ -371,3 +371,23 @@ def test_loopback_metadata_validator_rejects_a_malformed_model_index():
     ]
     assert metadata_errors("---\ntags: [1, 2]\n---\n") == ["'tags' must be a list of strings"]
     assert metadata_errors("---\nkey: [unclosed\n---\n")[0].startswith("invalid YAML")
+
+
+def test_a_set_with_a_bad_folder_fails_before_anything_is_pushed(tmp_path):
+    """push_students_to_hub checks every folder first: an invalid repo name, two folders of
+    one name, or a folder without a saved model stop it before the first upload (no Hub is
+    reachable here, so reaching the upload would fail differently)."""
+    good = tmp_path / "cifar100-16px-cifar_resnet8-kd-seed0"
+    save_student(tiny_timm_student(), good, image_processor=PREPROCESSING)
+    bad_name = tmp_path / "bad--name"
+    save_student(tiny_timm_student(), bad_name, image_processor=PREPROCESSING)
+    with pytest.raises(ValueError, match="not a valid Hub repo name"):
+        push_students_to_hub([good, bad_name], "someone")
+    twin = tmp_path / "other" / good.name
+    save_student(tiny_timm_student(), twin, image_processor=PREPROCESSING)
+    with pytest.raises(ValueError, match="same repo"):
+        push_students_to_hub([good, twin], "someone")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"no saved model \(config.json\)"):
+        push_students_to_hub([good, empty], "someone")

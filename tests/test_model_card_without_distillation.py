@@ -130,7 +130,9 @@ def digits(tmp_path_factory):
     return data.id2label, DecodedImages(train, train=True), DecodedImages(test, train=False)
 
 
-def classifier_trainer(model, output_dir: Path, digits) -> ClassifierTrainer:
+def classifier_trainer(
+    model, output_dir: Path, digits, optimizers=(None, None)
+) -> ClassifierTrainer:
     _, train, test = digits
     return ClassifierTrainer(
         model=model,
@@ -156,6 +158,7 @@ def classifier_trainer(model, output_dir: Path, digits) -> ClassifierTrainer:
         preprocessing=CIFAR_PREPROCESSING,
         dataset_name="digits",
         eval_split_name="test",
+        optimizers=optimizers,
     )
 
 
@@ -202,6 +205,29 @@ def test_classifier_trainer_saves_a_folder_with_a_true_card(trained_classifier):
         assert_same_logits(reloaded(pixel_values=pixels).logits, expected)
         via_timm = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
         assert_same_logits(via_timm(pixels), expected)
+
+
+def test_the_card_states_the_optimizer_the_trainer_was_given(tmp_path, digits):
+    """A run given its own optimizer and schedule ignores the arguments' learning rate,
+    optimizer and scheduler: the card states the ones that ran."""
+    model = load_classifier("cifar_resnet8", id2label=digits[0], pretrained=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.8, weight_decay=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
+    trainer = classifier_trainer(model, tmp_path / "run", digits, (optimizer, scheduler))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    hyperparameters = read_card(tmp_path / "saved").training.hyperparameters
+    assert (hyperparameters["learning_rate"], hyperparameters["weight_decay"]) == (0.2, 1e-3)
+    assert hyperparameters["optimizer"]["class"] == "SGD"
+    assert hyperparameters["optimizer"]["momentum"] == 0.8
+    assert hyperparameters["lr_scheduler"] == {
+        "class": "CosineAnnealingLR",
+        "T_max": 3,
+        "eta_min": 0.0,
+    }
+    assert "optim" not in hyperparameters and "lr_scheduler_type" not in hyperparameters
+    readme = (tmp_path / "saved" / "README.md").read_text()
+    assert '"class": "CosineAnnealingLR"' in readme and "`0.05`" not in readme
 
 
 def test_classifier_card_from_a_finished_runs_trainer_state(trained_classifier, digits):

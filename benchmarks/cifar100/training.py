@@ -37,9 +37,10 @@ EVAL_BATCH_SIZE = 1000
 
 def build_optimizer(
     model: torch.nn.Module, tier: TierConfig, epochs: float, steps_per_epoch: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """The tier's optimizer (SGD with momentum, or AdamW) with its schedule: per-step cosine
-    to 0, or x0.1 at each milestone epoch."""
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The tier's optimizer (SGD with momentum, or AdamW) with its schedule, stepped per
+    optimizer step: cosine to 0 (``CosineAnnealingLR``), or x0.1 at each milestone epoch
+    (``MultiStepLR``). torch's own classes, so that the model cards can state them."""
     if tier.optimizer == "adamw":
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=tier.learning_rate, weight_decay=tier.weight_decay
@@ -51,15 +52,11 @@ def build_optimizer(
             momentum=tier.momentum,
             weight_decay=tier.weight_decay,
         )
-    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
-
-    def factor(step: int) -> float:
-        if tier.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
-        epoch = step / steps_per_epoch
-        return 0.1 ** sum(epoch >= milestone for milestone in tier.milestones)
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if tier.schedule == "cosine":
+        total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
+    milestones = [milestone * steps_per_epoch for milestone in tier.milestones]
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
 
 
 def common_training_kwargs(tier: TierConfig, epochs: float, seed: int, output_dir: Path) -> dict:

@@ -5,7 +5,7 @@ dataset, at the model's own input size.
 Each (model, dataset) is one probe: features computed once per model and dataset, one
 record written at once under ``<results_dir>/transfer_runs/`` (a rerun skips it), the result
 added to the model's ``transfer_results.json`` and its card's model-index
-(:func:`hf_kd.transfer_saved.transfer_saved_model`). ``transfer.json`` gathers the records.
+(:class:`hf_kd.transfer_saved.SavedModel`). ``transfer.json`` gathers the records.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from benchmarks.cifar100.records import (
     write_atomically,
 )
 from hf_kd.transfer import LinearProbeConfig, load_transfer_data
-from hf_kd.transfer_saved import transfer_saved_model
+from hf_kd.transfer_saved import SavedModel
 
 logger = logging.getLogger("benchmarks.cifar100")
 
@@ -86,8 +86,8 @@ def run_transfer(
                 )
             started = time.perf_counter()
             folder = candidate["model_dir"]
-            saved = transfer_saved_model(
-                folder, data, folder, probe_config=probe_config, disable_tqdm=True
+            saved = SavedModel.load(folder).transfer(
+                data, folder, probe_config=probe_config, disable_tqdm=True
             )
             result = saved.result
             record = {
