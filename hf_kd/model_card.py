@@ -53,7 +53,9 @@ HF_KD_ARCHITECTURES = frozenset(timm.list_models(module=models_cifar.__name__.rp
 FRAMEWORKS = ("hf-kd", "torch", "transformers", "timm", "datasets", "accelerate")
 
 # TrainingArguments fields a card lists as training hyperparameters (when set)
-TRAINING_HYPERPARAMETERS = (
+# The TrainingArguments that configure the optimizer and schedule the Trainer builds; a run
+# given its own (``Trainer(optimizers=(optimizer, scheduler))``) ignores them.
+OPTIMIZER_ARGUMENTS = (
     "learning_rate",
     "weight_decay",
     "optim",
@@ -62,24 +64,14 @@ TRAINING_HYPERPARAMETERS = (
     "adam_epsilon",
     "lr_scheduler_type",
     "warmup_steps",
+)
+# The TrainingArguments a card lists.
+TRAINING_HYPERPARAMETERS = (
+    *OPTIMIZER_ARGUMENTS,
     "max_grad_norm",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "label_smoothing_factor",
-)
-# The TrainingArguments that configure the optimizer and schedule the Trainer builds; a run
-# given its own (``Trainer(optimizers=(optimizer, scheduler))``) ignores them.
-OPTIMIZER_ARGUMENTS = frozenset(
-    {
-        "learning_rate",
-        "weight_decay",
-        "optim",
-        "adam_beta1",
-        "adam_beta2",
-        "adam_epsilon",
-        "lr_scheduler_type",
-        "warmup_steps",
-    }
 )
 # Per-step bookkeeping and implementation switches of torch optimizers and schedulers, not
 # hyperparameters.
