@@ -38,6 +38,8 @@ class ClassifierTrainer(ModelFolderMixin, Trainer):
             ``datasets``).
         eval_split_name: the split of the latest evaluation, whose ``eval_accuracy`` the card
             reports (``"validation"``; ``"test"`` when you evaluate on the test split last).
+        training_eval_split_name: the split of ``eval_dataset``, evaluated during training
+            (``"validation"``); the card's curves name it.
         split_sizes: images per split for the card. Default: ``train`` and ``validation``
             from the lengths of ``train_dataset`` and ``eval_dataset`` when they have one.
 
@@ -52,6 +54,7 @@ class ClassifierTrainer(ModelFolderMixin, Trainer):
         model_name: str | None = None,
         dataset_name: str | None = None,
         eval_split_name: str = "validation",
+        training_eval_split_name: str = "validation",
         split_sizes: Mapping[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -62,6 +65,7 @@ class ClassifierTrainer(ModelFolderMixin, Trainer):
         self.student_summary = ModelSummary.of(self.model, model_name)
         self.dataset_name = dataset_name
         self.eval_split_name = eval_split_name
+        self.training_eval_split_name = training_eval_split_name
         self.split_sizes = (
             dict(split_sizes)
             if split_sizes is not None

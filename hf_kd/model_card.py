@@ -393,7 +393,8 @@ class StudentCard:
     ``total = ce_weight * CE + kd_weight * w(epoch) * loss``; ``loss_hyperparameters`` are
     the distillation loss's own (``build_loss(method, **loss_hyperparameters)``).
     Accuracies are fractions in [0, 1]; ``eval_accuracy`` is measured on ``eval_split`` of
-    ``training.dataset``. The usage snippets load ``repo_id``
+    ``training.dataset``, the evaluations during training (the curves) on
+    ``training_eval_split``. The usage snippets load ``repo_id``
     when the student is on the Hub, else ``local_dir``, the folder the card was written to.
     ``framework_versions`` are those of the training run. ``distillation_token``: the
     student has a distillation token (DeiT): its class head learns CE, its distillation head
@@ -415,6 +416,7 @@ class StudentCard:
     eval_accuracy: float | None = None
     eval_top5_accuracy: float | None = None
     eval_split: str = "test"
+    training_eval_split: str = "validation"
     teacher_eval_accuracy: float | None = None
     speed: InferenceSpeed | None = None
     transfer_results: list[TransferResult] = field(default_factory=list)
@@ -655,11 +657,14 @@ def template_context(card: StudentCard) -> dict[str, Any]:
 
 
 def _eval_splits(card: StudentCard) -> str:
-    """Which split the plotted evaluations used: validation during training, then
-    ``eval_split`` for the evaluations after it."""
-    if card.eval_split == "validation":
-        return "the validation split"
-    return f"the validation split during training, the {card.eval_split} split after it"
+    """Which split the plotted evaluations used: ``training_eval_split`` during training,
+    then ``eval_split`` for the evaluations after it."""
+    if card.eval_split == card.training_eval_split:
+        return f"the {card.eval_split} split"
+    return (
+        f"the {card.training_eval_split} split during training, the {card.eval_split} split "
+        "after it"
+    )
 
 
 def render_model_card(card: StudentCard, template_path: str | Path | None = None) -> str:
@@ -692,7 +697,10 @@ def write_model_card(
     output_dir.mkdir(parents=True, exist_ok=True)
     card = dataclasses.replace(card, local_dir=None if card.repo_id else str(output_dir))
     if log_history and plot_training_curves(
-        log_history, output_dir / TRAINING_CURVES_FILE, final_eval_split=card.eval_split
+        log_history,
+        output_dir / TRAINING_CURVES_FILE,
+        final_eval_split=card.eval_split,
+        training_eval_split=card.training_eval_split,
     ):
         card = dataclasses.replace(card, training_curves=TRAINING_CURVES_FILE)
     (output_dir / CARD_DATA_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")

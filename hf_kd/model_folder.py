@@ -52,7 +52,8 @@ class ModelFolderMixin:
     The trainer sets ``student_summary`` (:class:`hf_kd.model_card.ModelSummary` of its model,
     taken before Accelerate wraps it), ``student_preprocessing`` (the model's input, saved with
     it unless ``processing_class`` is an image processor), ``dataset_name``,
-    ``eval_split_name`` and ``split_sizes``, and implements ``card_objective_fields()``: the
+    ``eval_split_name``, ``training_eval_split_name`` and ``split_sizes``, and implements
+    ``card_objective_fields()``: the
     :class:`hf_kd.model_card.StudentCard` fields of its training objective (``teacher``,
     ``method``, ``kd_weight``, ...).
     """
@@ -61,6 +62,7 @@ class ModelFolderMixin:
     student_preprocessing: ImagePreprocessing | None
     dataset_name: str | None
     eval_split_name: str
+    training_eval_split_name: str
     split_sizes: dict[str, int]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -155,6 +157,7 @@ class ModelFolderMixin:
             eval_accuracy=accuracy,
             eval_top5_accuracy=top5_accuracy,
             eval_split=self.eval_split_name,
+            training_eval_split=self.training_eval_split_name,
             license=license or DEFAULT_LICENSE,
             repo_id=repo_id,
             hub_metadata=hub_metadata or HubMetadata(),

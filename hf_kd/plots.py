@@ -29,13 +29,16 @@ TRAIN_SUMMARY_KEY = "train_runtime"
 
 
 def training_curves(
-    log_history: Iterable[Mapping[str, object]], final_eval_split: str = TRAINING_EVAL_SPLIT
+    log_history: Iterable[Mapping[str, object]],
+    final_eval_split: str = TRAINING_EVAL_SPLIT,
+    training_eval_split: str = TRAINING_EVAL_SPLIT,
 ) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
     """Split ``log_history`` into ``(loss_curves, accuracy_curves)``: name -> [(step, value)].
 
     Loss curves: every numeric key of the training entries except bookkeeping ones, plus
     ``eval_loss``. Accuracy curves: every ``eval_*accuracy*`` key. Evaluation curves are
-    named with their split, ``eval_loss (validation)``: ``validation`` up to the last
+    named with their split, ``eval_loss (validation)``: ``training_eval_split`` (the
+    Trainer's ``eval_dataset``, by default the validation split) up to the last
     end-of-training summary, ``final_eval_split`` after it. Entries without a ``step`` and
     non-numeric values are skipped.
     """
@@ -48,7 +51,7 @@ def training_curves(
         step = entry.get("step")
         if not isinstance(step, int):
             continue
-        split = TRAINING_EVAL_SPLIT if index < end_of_training else final_eval_split
+        split = training_eval_split if index < end_of_training else final_eval_split
         for key, value in entry.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
@@ -66,12 +69,14 @@ def plot_training_curves(
     path: str | Path,
     *,
     final_eval_split: str = TRAINING_EVAL_SPLIT,
+    training_eval_split: str = TRAINING_EVAL_SPLIT,
 ) -> Path | None:
     """Write the training-curves PNG to ``path``; ``None`` (nothing written) if nothing logged.
 
-    ``final_eval_split``: the split of the evaluations logged after training ended.
+    ``final_eval_split``: the split of the evaluations logged after training ended;
+    ``training_eval_split``: the split evaluated during training.
     """
-    losses, accuracies = training_curves(log_history, final_eval_split)
+    losses, accuracies = training_curves(log_history, final_eval_split, training_eval_split)
     if not losses and not accuracies:
         logger.info("no losses or accuracies in the log history: no training-curves plot")
         return None

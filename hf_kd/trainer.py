@@ -177,6 +177,8 @@ class DistillationTrainer(ModelFolderMixin, Trainer):
             ``datasets``).
         eval_split_name: the split of the latest evaluation, whose accuracy the card reports
             (``"validation"``; ``"test"`` when you evaluate on the test split last).
+        training_eval_split_name: the split of ``eval_dataset``, evaluated during training
+            (``"validation"``); the card's curves name it.
         teacher_eval_accuracy: the teacher's top-1 accuracy on that split, for the card.
         split_sizes: images per split for the card (``{"train": ..., "validation": ...,
             "test": ...}``). Default: ``train`` and ``validation`` from the lengths of
@@ -212,6 +214,7 @@ class DistillationTrainer(ModelFolderMixin, Trainer):
         student_name: str | None = None,
         dataset_name: str | None = None,
         eval_split_name: str = "validation",
+        training_eval_split_name: str = "validation",
         teacher_eval_accuracy: float | None = None,
         split_sizes: Mapping[str, int] | None = None,
         **kwargs: Any,
@@ -251,6 +254,7 @@ class DistillationTrainer(ModelFolderMixin, Trainer):
         )
         self.dataset_name = dataset_name
         self.eval_split_name = eval_split_name
+        self.training_eval_split_name = training_eval_split_name
         self.teacher_eval_accuracy = teacher_eval_accuracy
         self.split_sizes = (
             dict(split_sizes)

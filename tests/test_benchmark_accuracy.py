@@ -337,9 +337,12 @@ def test_every_model_is_kept_hub_ready_with_its_card(tiny_run: TinyRun) -> None:
         top1 = (logits.argmax(-1) == data.test_labels).float().mean().item()
         assert 100 * top1 == pytest.approx(record["top1"])
         card = read_student_card(folder)
+        assert card.model_name == folder.name
         assert card.training.seed == record.get("seed", 0)
         assert card.eval_split == "test" and card.eval_accuracy == pytest.approx(top1)
         assert card.training_curves and (folder / card.training_curves).is_file()
+        assert card.training_eval_split == "test"  # evaluated on test after every epoch
+        assert "the test split." in (folder / "README.md").read_text()
         metadata = ModelCard.load(folder / "README.md").data
         cifar = [
             result for result in metadata.eval_results if result.task_name == "Image Classification"

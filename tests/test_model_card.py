@@ -223,6 +223,17 @@ def test_training_curves_name_the_split_of_each_evaluation():
     assert "the validation split during training, the test split after it" in text
 
 
+def test_training_curves_of_a_run_that_evaluates_the_test_split_during_training():
+    """A run whose eval_dataset is the test split (no validation split): every evaluation is
+    labelled test, and the card says so."""
+    losses, accuracies = training_curves(LOG_HISTORY, "test", training_eval_split="test")
+    assert losses["eval_loss (test)"] == [(20, 1.4), (40, 1.2)]
+    assert not any("validation" in name for name in [*losses, *accuracies])
+    card = make_card(training_curves="training_curves.png", training_eval_split="test")
+    text = render_model_card(card)
+    assert "split: the test split." in text and "validation split" not in text
+
+
 def test_write_model_card_writes_the_plot_and_card_data(tmp_path):
     written = write_model_card(make_card(), tmp_path, log_history=LOG_HISTORY)
     assert written.training_curves == "training_curves.png"

@@ -23,10 +23,12 @@ def card_dataset(tier: TierConfig) -> str:
 
 
 def keep_model(trainer: Trainer, folder: Path) -> Path:
-    """Save the trainer's model to ``folder`` with its card (the dataset's Hub id in the
-    card's metadata; the trainer names the data as :func:`card_dataset` does)."""
+    """Save the trainer's model to ``folder`` with its card, named as the folder (the
+    dataset's Hub id in the card's metadata; the trainer names the data as
+    :func:`card_dataset` does)."""
     trainer.save_model(str(folder), _internal_call=True)  # weights and preprocessing only
     trainer.create_model_card(
+        model_name=folder.name,
         dataset_tags=HUB_DATASET,
         tags=list(CARD_TAGS),
         output_dir=str(folder),

@@ -87,6 +87,7 @@ def card_arguments(tier: TierConfig, data: TensorData) -> dict:
     return {
         "dataset_name": card_dataset(tier),
         "eval_split_name": "test",
+        "training_eval_split_name": "test",
         "split_sizes": {"train": len(data.train), "test": len(data.test)},
     }
 
