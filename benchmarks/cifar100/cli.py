@@ -61,7 +61,7 @@ from benchmarks.cifar100.publish import publish
 from benchmarks.cifar100.records import load_records
 from benchmarks.cifar100.report import compare_records, write_report
 from benchmarks.cifar100.run import run_benchmark
-from benchmarks.cifar100.transfer import TRANSFER_FILE, run_transfer
+from benchmarks.cifar100.transfer import run_transfer
 from benchmarks.cifar100.transfer_report import write_transfer_report
 from hf_kd.transfer import LinearProbeConfig
 
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             max_train_samples=args.transfer_max_train_samples,
             max_eval_samples=args.transfer_max_eval_samples,
         )
-    transfer_file = results_dir / TRANSFER_FILE
+    transfer_file = results_dir / f"{tier.transfer_stem}.json"
     if transfer_file.exists():
         records = json.loads(transfer_file.read_text())["records"]
         write_transfer_report(records, results_dir, tier, readme)

@@ -71,6 +71,11 @@ class TierConfig:
         return "accuracy" if self.name == "cpu" else f"accuracy_{self.name}"
 
     @property
+    def transfer_stem(self) -> str:
+        """File names of this tier's transfer results: ``transfer`` (cpu), ``transfer_full``."""
+        return "transfer" if self.name == "cpu" else f"transfer_{self.name}"
+
+    @property
     def report_section(self) -> str:
         return f"## Accuracy on CIFAR-100 ({self.title})"
 

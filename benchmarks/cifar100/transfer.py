@@ -5,7 +5,8 @@ dataset, at the model's own input size.
 Each (model, dataset) is one probe: features computed once per model and dataset, one
 record written at once under ``<results_dir>/transfer_runs/`` (a rerun skips it), the result
 added to the model's ``transfer_results.json`` and its card's model-index
-(:class:`hf_kd.transfer_saved.SavedModel`). ``transfer.json`` gathers the records.
+(:class:`hf_kd.transfer_saved.SavedModel`). ``transfer.json`` gathers the records (CPU tier;
+``transfer_full*`` for the full tier).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from hf_kd.transfer_saved import SavedModel
 
 logger = logging.getLogger("benchmarks.cifar100")
 
-TRANSFER_FILE = "transfer.json"
-TRANSFER_RUNS = "transfer_runs"
 # the methods compared on transfer: the teacher, the CE-only student and the six methods
 TRANSFER_METHODS = ("teacher", *(spec.name for spec in METHODS))
 
@@ -64,7 +63,7 @@ def run_transfer(
 ) -> list[dict]:
     """Probe every kept model on every dataset not yet recorded; all the records."""
     accuracy_runs = results_dir / f"{tier.stem}_runs"
-    runs_dir = results_dir / TRANSFER_RUNS
+    runs_dir = results_dir / f"{tier.transfer_stem}_runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     candidates = transfer_candidates(load_records(accuracy_runs))
     if not candidates:
@@ -118,5 +117,6 @@ def run_transfer(
                 record["wall_time_s"],
             )
     records = [json.loads(path.read_text()) for path in sorted(runs_dir.glob("*.json"))]
-    write_atomically(results_dir / TRANSFER_FILE, json.dumps({"records": records}, indent=2) + "\n")
+    payload = json.dumps({"records": records}, indent=2) + "\n"
+    write_atomically(results_dir / f"{tier.transfer_stem}.json", payload)
     return records

@@ -13,7 +13,7 @@ from typing import Any
 from benchmarks.cifar100.config import TierConfig
 from benchmarks.cifar100.documents import replace_marked_block, replace_section
 from benchmarks.cifar100.records import replace_atomically, write_atomically
-from benchmarks.cifar100.transfer import TRANSFER_FILE, TRANSFER_METHODS
+from benchmarks.cifar100.transfer import TRANSFER_METHODS
 
 README_START = "<!-- transfer-table:start -->"
 README_END = "<!-- transfer-table:end -->"
@@ -161,8 +161,8 @@ def markdown_section(
             "records' wall times: model loading, features, probe, card update).",
             "",
             "Reproduce (resumes; one record per model and dataset in "
-            "`benchmarks/results/transfer_runs/`, gathered in `benchmarks/results/"
-            f"{TRANSFER_FILE}`): `python benchmarks/accuracy.py --transfer` (after the "
+            f"`benchmarks/results/{tier.transfer_stem}_runs/`, gathered in `benchmarks/results/"
+            f"{tier.transfer_stem}.json`): `python benchmarks/accuracy.py --transfer` (after the "
             "accuracy stage; `--transfer_datasets` takes any local `datasets` folder or Hub "
             "id, e.g. `tanganke/stl10` where the network allows).",
             "",
@@ -178,8 +178,9 @@ def write_transfer_report(
     summary = summarise_transfer(records)
     if not summary:
         return summary
-    write_atomically(results_dir / "transfer_summary.json", json.dumps(summary, indent=2) + "\n")
-    chart = results_dir / "transfer.png"
+    stem = tier.transfer_stem
+    write_atomically(results_dir / f"{stem}_summary.json", json.dumps(summary, indent=2) + "\n")
+    chart = results_dir / f"{stem}.png"
     plot_transfer(summary, chart)
     stage_time = sum(record["wall_time_s"] for record in records)
     section = markdown_section(summary, tier, f"{results_dir.name}/{chart.name}", stage_time)
