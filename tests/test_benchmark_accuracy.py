@@ -105,10 +105,12 @@ def test_report_aggregates_records_and_lists_pending_runs(tmp_path: Path) -> Non
 
 def test_the_plan_runs_every_method_at_every_seed_before_the_ablations() -> None:
     tier = TIERS["cpu"]
-    plan = [(spec.name, seed) for spec, seed in planned_runs(tier)]
+    plan = [(spec.name, seed) for spec, seed in planned_runs(tier, ablations=True)]
     method_runs = [(spec.name, seed) for seed in tier.seeds for spec in METHODS]
     ablation_runs = [(spec.name, seed) for seed in tier.seeds for spec in MCLD_ABLATIONS]
     assert plan == method_runs + ablation_runs
+    # the default plan is the methods only: the kept, transferred and published set
+    assert [(spec.name, seed) for spec, seed in planned_runs(tier)] == method_runs
     assert len(set(plan)) == (len(METHODS) + len(MCLD_ABLATIONS)) * len(tier.seeds)
 
 

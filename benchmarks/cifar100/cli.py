@@ -33,6 +33,7 @@ every kept model), ``publish`` (push the kept set to a Hub namespace), and the r
 Usage::
 
     python benchmarks/accuracy.py                      # CPU tier, resumes
+    python benchmarks/accuracy.py --ablations          # + the MCLD ablations
     python benchmarks/accuracy.py --transfer           # + linear-probe transfer, resumes
     python benchmarks/accuracy.py --transfer --push_to_hub --hub_organization <org>
     python benchmarks/accuracy.py --report             # aggregate the finished records
@@ -121,6 +122,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "extra seeds",
     )
     parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also run the MCLD ablations (12 options x the seeds) after the methods",
+    )
+    parser.add_argument(
         "--transfer",
         action="store_true",
         help="after the accuracy stage, probe every kept model on --transfer_datasets",
@@ -178,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             readme,
             ablation_seeds=args.ablation_seeds,
             data_cache_dir=Path(args.data_cache_dir),
+            ablations=args.ablations,
         )
     write_report(results_dir, tier, readme)
     if args.transfer and not args.report:

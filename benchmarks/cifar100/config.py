@@ -4,6 +4,7 @@ order they run in, and where their inputs and outputs live."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,13 +173,20 @@ MCLD_ABLATIONS = (
 ABLATION_OVERRIDES = {spec.name: spec.loss_overrides for spec in MCLD_ABLATIONS}
 
 
-def planned_runs(tier: TierConfig) -> list[tuple[StudentSpec, int]]:
-    """Priority order: every method at every seed (seed by seed), then every MCLD ablation at
-    every seed (seed by seed), so each ablation is compared with the default on the same
-    seeds."""
+def planned_runs(tier: TierConfig, ablations: bool = False) -> list[tuple[StudentSpec, int]]:
+    """Priority order: every method at every seed (seed by seed); with ``ablations``, then
+    every MCLD ablation at every seed (seed by seed), so each ablation is compared with the
+    default on the same seeds."""
     plan = [(spec, seed) for seed in tier.seeds for spec in METHODS]
-    plan += [(spec, seed) for seed in tier.seeds for spec in MCLD_ABLATIONS]
+    if ablations:
+        plan += [(spec, seed) for seed in tier.seeds for spec in MCLD_ABLATIONS]
     return plan
+
+
+def names_an_ablation(names: Sequence[str] | None) -> bool:
+    """Whether ``names`` (``--only``) include an MCLD ablation."""
+    ablation_names = {spec.name for spec in MCLD_ABLATIONS}
+    return any(name in ablation_names for name in names or ())
 
 
 def model_name(tier: TierConfig, architecture: str, run: str) -> str:

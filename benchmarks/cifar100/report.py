@@ -17,6 +17,7 @@ from benchmarks.cifar100.config import (
     METHODS,
     PAPER_SCHEDULE_EPOCHS,
     TierConfig,
+    names_an_ablation,
     planned_runs,
 )
 from benchmarks.cifar100.documents import replace_marked_block, replace_section
@@ -47,15 +48,12 @@ def summarise(records: dict[str, dict], tier: TierConfig) -> dict[str, Any]:
             "wall_time_s_mean": statistics.mean(run["wall_time_s"] for run in runs),
             "objective": runs[0]["objective"],
         }
-    # The ablations count as planned once one of them has run in this folder; a folder of
-    # the methods only (the kept set) is complete without them.
-    ablation_names = {spec.name for spec in MCLD_ABLATIONS}
-    ablations_started = any(record.get("name") in ablation_names for record in records.values())
+    # The ablations are planned when one of them has run in this folder (--ablations).
+    ablations = names_an_ablation([record.get("name") for record in records.values()])
     pending = [
         f"{spec.name}_seed{seed}"
-        for spec, seed in planned_runs(tier)
+        for spec, seed in planned_runs(tier, ablations)
         if f"{spec.name}_seed{seed}" not in records
-        and (ablations_started or spec.name not in ablation_names)
     ]
     if "teacher" not in records:
         pending.insert(0, "teacher")
@@ -153,8 +151,8 @@ def markdown_report(summary: dict, tier_config: TierConfig, chart_name: str) -> 
         lines.append("")
     else:
         lines += [
-            "MCLD ablations: none in these records (`python benchmarks/accuracy.py --only "
-            "<ablation names>` runs them, paired with the default MCLD of the same seeds).",
+            "MCLD ablations: none in these records (`python benchmarks/accuracy.py "
+            "--ablations` runs them, paired with the default MCLD of the same seeds).",
             "",
         ]
     pending = summary["pending"]

@@ -14,6 +14,7 @@ from benchmarks.cifar100.config import (
     StudentSpec,
     TierConfig,
     model_name,
+    names_an_ablation,
     planned_runs,
 )
 from benchmarks.cifar100.data import load_tensor_data
@@ -55,9 +56,11 @@ def run_benchmark(
     readme: Path | None = None,
     ablation_seeds: Sequence[int] = (),
     data_cache_dir: Path = DATA_CACHE_DIR,
+    ablations: bool = False,
 ) -> None:
     """Train the teacher (once), cache its logits, then every planned student run not yet
-    finished (only those named in ``only``, if given); with ``ablation_seeds``, also the
+    finished (only those named in ``only``, if given): the methods, and with ``ablations``
+    (or an ablation named in ``only``) the MCLD ablations; with ``ablation_seeds``, also the
     default MCLD and its ablations at those extra seeds, to confirm a small difference.
 
     A run is finished when it has its record and its kept folder; a teacher trained by an
@@ -78,7 +81,8 @@ def run_benchmark(
         cached = cached_teacher_logits(teacher, data, tier, work_dir)
     default_mcld = next(spec for spec in METHODS if spec.name == "mcld")
     extra = [(spec, seed) for seed in ablation_seeds for spec in (default_mcld, *MCLD_ABLATIONS)]
-    for spec, seed in [*planned_runs(tier), *extra]:
+    plan = planned_runs(tier, ablations or names_an_ablation(only))
+    for spec, seed in [*plan, *extra]:
         folder = student_folder(work_dir, tier, spec, seed)
         if record_path(runs_dir, f"{spec.name}_seed{seed}").exists() and is_kept(folder):
             continue
