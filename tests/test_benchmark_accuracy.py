@@ -4,6 +4,7 @@ records, the kept Hub-ready models, their transfer, the reports and publishing t
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,14 +401,34 @@ def test_a_rerun_trains_and_probes_nothing_already_finished(tiny_run: TinyRun) -
         ]
         return {str(path): path.stat().st_mtime_ns for path in paths}
 
+    def rerun() -> None:
+        threads = torch.get_num_threads()
+        try:
+            main(tiny_run.argv)
+        finally:
+            torch.set_num_threads(threads)
+
     before = written()
     assert len(before) == 5 + 4 + 5
-    threads = torch.get_num_threads()
-    try:
-        main(tiny_run.argv)
-    finally:
-        torch.set_num_threads(threads)
+    rerun()
     assert written() == before
+
+    # A teacher trained and recorded but not kept (an older benchmark's run, or a lost
+    # folder) is kept from the finished run without training again, then probed again.
+    teacher_record = tiny_run.runs / "teacher.json"
+    kept_teacher = Path(json.loads(teacher_record.read_text())["model_dir"])
+    record = json.loads(teacher_record.read_text())
+    del record["model_dir"]
+    teacher_record.write_text(json.dumps(record))
+    shutil.rmtree(kept_teacher)
+    trained = tiny_run.root / "work" / "teacher" / "model.safetensors"
+    trained_at = trained.stat().st_mtime_ns
+    rerun()
+    assert trained.stat().st_mtime_ns == trained_at
+    assert json.loads(teacher_record.read_text())["model_dir"] == str(kept_teacher)
+    assert read_student_card(kept_teacher).training.steps > 0
+    [result] = read_transfer_results(kept_teacher)
+    assert result.dataset == str(tiny_run.transfer_dataset)
 
 
 @pytest.mark.slow

@@ -70,3 +70,11 @@ def describe_device() -> str:
 
 def load_records(runs_dir: Path) -> dict[str, dict]:
     return {path.stem: json.loads(path.read_text()) for path in sorted(runs_dir.glob("*.json"))}
+
+
+def update_record(runs_dir: Path, run: str, **fields: Any) -> dict:
+    """Add ``fields`` to a finished run's record (rewritten atomically); the record."""
+    path = record_path(runs_dir, run)
+    record = {**json.loads(path.read_text()), **fields}
+    write_atomically(path, json.dumps(record, indent=2) + "\n")
+    return record

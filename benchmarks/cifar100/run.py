@@ -19,7 +19,7 @@ from benchmarks.cifar100.config import (
 )
 from benchmarks.cifar100.data import load_tensor_data
 from benchmarks.cifar100.keep import is_kept
-from benchmarks.cifar100.records import record_path, write_record
+from benchmarks.cifar100.records import record_path, update_record, write_record
 from benchmarks.cifar100.report import write_report
 from benchmarks.cifar100.training import (
     cached_teacher_logits,
@@ -75,6 +75,8 @@ def run_benchmark(
     elif not is_kept(teacher_keep):
         keep_trained_teacher(tier, data, work_dir, teacher_keep)
     teacher_record = json.loads(record_path(runs_dir, "teacher").read_text())
+    if teacher_record.get("model_dir") != str(teacher_keep):  # kept after it was recorded
+        teacher_record = update_record(runs_dir, "teacher", model_dir=str(teacher_keep))
     teacher = load_classifier(str(teacher_dir))
     cached = None
     if tier.num_views > 0:

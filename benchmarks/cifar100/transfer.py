@@ -25,7 +25,7 @@ from benchmarks.cifar100.records import (
     load_records,
     write_atomically,
 )
-from hf_kd.transfer import LinearProbeConfig, load_transfer_data
+from hf_kd.transfer import LinearProbeConfig, load_transfer_data, read_transfer_results
 from hf_kd.transfer_saved import SavedModel
 
 logger = logging.getLogger("benchmarks.cifar100")
@@ -52,6 +52,15 @@ def transfer_candidates(accuracy_records: dict[str, dict]) -> list[dict]:
     return sorted(candidates, key=lambda record: (order[record["method"]], record.get("seed", 0)))
 
 
+def is_probed(record_file: Path, folder: Path) -> bool:
+    """Whether the probe of ``record_file`` is finished: recorded, and its result still in
+    the model folder's ``transfer_results.json`` (a folder kept again has lost it)."""
+    if not record_file.exists():
+        return False
+    dataset = json.loads(record_file.read_text())["dataset_source"]
+    return any(result.dataset == dataset for result in read_transfer_results(folder))
+
+
 def run_transfer(
     tier: TierConfig,
     results_dir: Path,
@@ -75,7 +84,7 @@ def run_transfer(
         data = None
         for candidate in candidates:
             path = runs_dir / f"{candidate['run']}__{dataset_slug(dataset)}.json"
-            if path.exists():
+            if is_probed(path, Path(candidate["model_dir"])):
                 continue
             if data is None:  # loaded once per dataset, only when a probe is missing
                 data = load_transfer_data(

@@ -57,9 +57,13 @@ def summarise_transfer(records: list[dict]) -> dict[str, dict[str, Any]]:
                 "display_name": runs[0]["display_name"],
                 "wall_time_s_mean": statistics.mean(run["wall_time_s"] for run in runs),
             }
-        for row in rows.values():
+        for method, row in rows.items():
             for baseline in BASELINES:
-                row[f"delta_vs_{baseline}"] = paired_deltas(row, rows.get(baseline))
+                # the teacher is one model, not a seed of a student: no paired delta
+                paired = method != "teacher"
+                row[f"delta_vs_{baseline}"] = (
+                    paired_deltas(row, rows.get(baseline)) if paired else None
+                )
         summary[dataset] = rows
     return summary
 
@@ -80,7 +84,7 @@ def _cell(row: dict) -> str:
 
 def _deltas(deltas: list[float] | None) -> str:
     if deltas is None:
-        return "n/a"
+        return "–"
     if all(delta == 0 for delta in deltas):
         return "0 (baseline)"
     each = ", ".join(f"{delta:+.2f}" for delta in deltas)
@@ -129,7 +133,12 @@ def plot_transfer(summary: dict[str, dict[str, Any]], path: Path) -> None:
         axes.bar_label(bars, labels=[f"{mean:.1f}" for mean in means], label_type="center")
         axes.set_ylabel("linear-probe top-1 %")
         first = rows[names[0]]
-        axes.set_title(f"{first['display_name']} ({dataset}), mean ± std over seeds")
+        name = (
+            first["display_name"]
+            if first["display_name"] == dataset
+            else (f"{first['display_name']} ({dataset})")
+        )
+        axes.set_title(f"{name}: linear probe of CIFAR-100 models, mean ± std over seeds")
         axes.set_ylim(max(0.0, min(means) - 3), max(means) + 2)
     figure.tight_layout()
     replace_atomically(path, lambda partial: figure.savefig(partial, dpi=120))
