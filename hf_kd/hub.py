@@ -27,13 +27,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors.torch import save_file
 from timm.models._hub import save_config_for_hf
 from torch import Tensor
@@ -267,19 +267,13 @@ def push_files_to_hub(
     )
 
 
-# Hub repo names: letters, digits, "-", "_", "."; no "--" or ".."; neither starts nor ends
-# with "-" or "."; at most 96 characters.
-REPO_NAME_PATTERN = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
-
-
-def check_repo_name(name: str) -> str:
-    """``name`` when the Hub accepts it as a repo name; a ``ValueError`` naming the rule
-    otherwise."""
-    if REPO_NAME_PATTERN.fullmatch(name) is None:
-        raise ValueError(
-            f"{name!r} is not a valid Hub repo name: use letters, digits, '-', '_' and '.', "
-            "no '--' or '..', not starting or ending with '-' or '.', at most 96 characters"
-        )
+def check_repo_name(organization: str, name: str) -> str:
+    """``name`` when the Hub accepts ``<organization>/<name>`` as a repo id
+    (``huggingface_hub``'s own rule); a ``ValueError`` naming the rule otherwise."""
+    try:
+        validate_repo_id(f"{organization}/{name}")
+    except HFValidationError as error:
+        raise ValueError(f"{name!r} is not a valid Hub repo name: {error}") from error
     return name
 
 
@@ -299,7 +293,7 @@ def push_students_to_hub(
     before anything is uploaded, so a bad set fails before it is half published.
     """
     paths = [Path(folder) for folder in folders]
-    names = [check_repo_name(path.name) for path in paths]
+    names = [check_repo_name(organization, path.name) for path in paths]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"two folders would be pushed to the same repo: {duplicates}")
