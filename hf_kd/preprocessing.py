@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -87,3 +88,13 @@ def resize_rgb(rgb: torch.Tensor, size: tuple[int, int], interpolation: str) -> 
         align_corners=False if antialiased else None,
     )
     return resized.clamp(0.0, 1.0) if interpolation == "bicubic" else resized
+
+
+@functools.lru_cache(maxsize=64)
+def channel_tensor(
+    values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Per-channel ``values`` (a mean or std) as a ``[1, C, 1, 1]`` tensor on ``device``,
+    made once per (values, device, dtype): a training step reuses it instead of copying it
+    from the host again. Read-only: callers must not modify it in place."""
+    return torch.tensor(values, device=device, dtype=dtype).view(1, len(values), 1, 1)

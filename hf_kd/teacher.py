@@ -19,7 +19,12 @@ import torch
 from accelerate.utils import DistributedType, is_compiled_module
 from torch import Tensor, nn
 
-from hf_kd.preprocessing import TENSOR_INTERPOLATIONS, ImagePreprocessing, resize_rgb
+from hf_kd.preprocessing import (
+    TENSOR_INTERPOLATIONS,
+    ImagePreprocessing,
+    channel_tensor,
+    resize_rgb,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -44,17 +49,10 @@ class PixelMapping:
             )
         self.source = source
         self.target = target
-        self._statistics: dict[tuple[torch.device, torch.dtype], tuple[Tensor, ...]] = {}
 
     def _channel_statistics(self, like: Tensor) -> tuple[Tensor, ...]:
-        key = (like.device, like.dtype)
-        if key not in self._statistics:
-            values = (self.source.mean, self.source.std, self.target.mean, self.target.std)
-            self._statistics[key] = tuple(
-                torch.tensor(value, device=like.device, dtype=like.dtype).view(1, 3, 1, 1)
-                for value in values
-            )
-        return self._statistics[key]
+        values = (self.source.mean, self.source.std, self.target.mean, self.target.std)
+        return tuple(channel_tensor(tuple(value), like.device, like.dtype) for value in values)
 
     def __call__(self, pixel_values: Tensor) -> Tensor:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:

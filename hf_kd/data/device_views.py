@@ -28,7 +28,7 @@ from hf_kd.data.transforms import (
     draw_augmentation,
     shift_padding,
 )
-from hf_kd.preprocessing import ImagePreprocessing, resize_rgb
+from hf_kd.preprocessing import ImagePreprocessing, channel_tensor, resize_rgb
 
 IMAGES_COLUMN = "images"
 VIEW_PARAMS_COLUMN = "view_params"
@@ -104,8 +104,8 @@ def apply_view_params(images: Tensor, view_params: Tensor) -> Tensor:
 
 def model_input(images: Tensor, preprocessing: ImagePreprocessing) -> Tensor:
     """Float32 ``(x / 255 - mean) / std`` at ``preprocessing.image_size`` from uint8 views."""
-    mean = torch.tensor(preprocessing.mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std, device=images.device).view(1, 3, 1, 1)
+    mean = channel_tensor(tuple(preprocessing.mean), images.device)
+    std = channel_tensor(tuple(preprocessing.std), images.device)
     if tuple(images.shape[-2:]) == tuple(preprocessing.image_size):
         # one fused pass: x * (1 / (255 std)) - mean / std
         return torch.addcmul(-mean / std, images.float(), 1 / (255 * std))
