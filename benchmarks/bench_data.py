@@ -56,7 +56,8 @@ from transformers import TrainerCallback
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.bench_trainer import machine_description, replace_section  # noqa: E402
+from benchmarks.bench_trainer import machine_description  # noqa: E402
+from benchmarks.documents import replace_section  # noqa: E402
 from hf_kd.data import (  # noqa: E402
     DeviceViews,
     collate_decoded_batch,

@@ -91,6 +91,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
+from benchmarks.documents import replace_section  # noqa: E402
 from hf_kd.arguments import DistillationArguments  # noqa: E402
 from hf_kd.losses import build_loss  # noqa: E402
 from hf_kd.models import load_classifier  # noqa: E402
@@ -852,23 +853,6 @@ def added_operators_lines(results: dict[str, Any], shown: int = 8) -> list[str]:
         ),
         "",
     ]
-
-
-def replace_section(document: str, heading: str, section: str) -> str:
-    """``document`` with the section under ``heading`` (to the next ``## `` heading)
-    replaced by ``section``, or ``section`` appended when there is none."""
-    lines = document.splitlines(keepends=True)
-    starts = [index for index, line in enumerate(lines) if line.rstrip("\n") == heading]
-    if not starts:
-        prefix = document.rstrip("\n")
-        return (prefix + "\n\n" if prefix else "") + section.rstrip("\n") + "\n"
-    start = starts[0]
-    end = next(
-        (index for index in range(start + 1, len(lines)) if lines[index].startswith("## ")),
-        len(lines),
-    )
-    replacement = section.rstrip("\n") + "\n" + ("\n" if end < len(lines) else "")
-    return "".join(lines[:start]) + replacement + "".join(lines[end:])
 
 
 def write_results(

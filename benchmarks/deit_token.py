@@ -64,15 +64,19 @@ from benchmarks.cifar100.data import (  # noqa: E402
 from benchmarks.cifar100.records import (  # noqa: E402
     load_records,
     record_path,
-    write_atomically,
     write_record,
 )
 from benchmarks.cifar100.report import (  # noqa: E402
     _accuracy_cell,
     _delta_cells,
-    ablation_deltas,
+    paired_deltas,
 )
 from benchmarks.cifar100.training import cached_teacher_logits, train_student  # noqa: E402
+from benchmarks.documents import (  # noqa: E402
+    replace_marked_block,
+    write_atomically,
+    write_section,
+)
 from hf_kd.distillation_token import forward_heads  # noqa: E402
 from hf_kd.logit_cache import TeacherLogitCache  # noqa: E402
 from hf_kd.models import count_parameters, load_classifier  # noqa: E402
@@ -271,7 +275,7 @@ def summarise(records: dict[str, dict]) -> dict[str, Any]:
                 row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
         rows[student.spec.name] = row
     deltas = {
-        f"{run} - {baseline}": ablation_deltas(rows[run], rows[baseline])
+        f"{run} - {baseline}": paired_deltas(rows[run], rows[baseline])
         for run, baseline in COMPARISONS
         if run in rows and baseline in rows
     }
@@ -377,34 +381,12 @@ def markdown_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_section(text: str, section: str, heading: str) -> str:
-    """``text`` with the section that starts at ``heading`` (up to the next ``## ``)
-    replaced by ``section``, or ``section`` appended."""
-    start = text.find(heading)
-    if start == -1:
-        return text.rstrip("\n") + "\n\n" + section
-    end = text.find("\n## ", start + len(heading))
-    return text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
-
-
 def write_report(results_dir: Path, readme: Path | None) -> dict:
     summary = summarise(load_records(results_dir / f"{STEM}_runs"))
     write_atomically(results_dir / f"{STEM}.json", json.dumps(summary, indent=2) + "\n")
-    results_md = results_dir.parent / "RESULTS.md"
-    existing = results_md.read_text() if results_md.exists() else "# Benchmark results\n\n"
-    write_atomically(
-        results_md, replace_section(existing, markdown_report(summary), REPORT_SECTION)
-    )
+    write_section(results_dir.parent / "RESULTS.md", REPORT_SECTION, markdown_report(summary))
     if readme is not None:
-        text = readme.read_text()
-        start, end = text.find(README_START), text.find(README_END)
-        if start == -1 or end < start:
-            logger.warning(
-                "%s has no %s ... %s markers: not updated", readme, README_START, README_END
-            )
-        else:
-            block = f"{README_START}\n\n{results_table(summary)}\n\n"
-            write_atomically(readme, text[:start] + block + text[end:])
+        replace_marked_block(readme, README_START, README_END, results_table(summary))
     return summary
 
 

@@ -32,8 +32,8 @@ from benchmarks.cifar100.data import load_tensor_data, model_inputs
 from benchmarks.cifar100.report import (
     README_END,
     README_START,
-    ablation_deltas,
     compare_records,
+    paired_deltas,
     write_report,
 )
 from benchmarks.cifar100.training import distillation_arguments
@@ -118,9 +118,9 @@ def test_the_plan_runs_every_method_at_every_seed_before_the_ablations() -> None
 def test_an_ablation_is_compared_with_the_default_seed_by_seed() -> None:
     default = {"seeds": [0, 1, 2], "top1": [40.0, 41.0, 39.0]}
     two_seeds = {"seeds": [0, 2], "top1": [41.0, 40.5], "top1_mean": 40.75}
-    assert ablation_deltas(two_seeds, default) == pytest.approx([1.0, 1.5])
-    assert ablation_deltas({"seeds": [3], "top1": [1.0], "top1_mean": 1.0}, default) is None
-    assert ablation_deltas(two_seeds, None) is None
+    assert paired_deltas(two_seeds, default) == pytest.approx([1.0, 1.5])
+    assert paired_deltas({"seeds": [3], "top1": [1.0], "top1_mean": 1.0}, default) is None
+    assert paired_deltas(two_seeds, None) is None
 
 
 def test_records_of_two_environments_are_compared_run_by_run() -> None:

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,20 +14,9 @@ from typing import Any
 import torch
 
 from benchmarks.cifar100.config import TierConfig
+from benchmarks.documents import write_atomically
 
 logger = logging.getLogger("benchmarks.cifar100")
-
-
-def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Create ``path`` with ``write`` (called on a temporary file of the same suffix) and a
-    rename, so two benchmark processes sharing a folder never see a half-written file."""
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    write(partial)
-    os.replace(partial, path)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    replace_atomically(path, lambda partial: partial.write_text(text))
 
 
 def record_path(runs_dir: Path, run: str) -> Path:

@@ -20,8 +20,13 @@ from benchmarks.cifar100.config import (
     names_an_ablation,
     planned_runs,
 )
-from benchmarks.cifar100.documents import replace_marked_block, replace_section
-from benchmarks.cifar100.records import load_records, replace_atomically, write_atomically
+from benchmarks.cifar100.records import load_records
+from benchmarks.documents import (
+    replace_atomically,
+    replace_marked_block,
+    write_atomically,
+    write_section,
+)
 
 logger = logging.getLogger("benchmarks.cifar100")
 
@@ -66,7 +71,7 @@ def summarise(records: dict[str, dict], tier: TierConfig) -> dict[str, Any]:
         "mcld_ablations": {
             spec.name: {
                 **summary_rows[spec.name],
-                "delta_vs_default": ablation_deltas(
+                "delta_vs_default": paired_deltas(
                     summary_rows[spec.name], summary_rows.get("mcld")
                 ),
             }
@@ -169,9 +174,10 @@ def markdown_report(summary: dict, tier_config: TierConfig, chart_name: str) -> 
     return "\n".join(lines)
 
 
-def ablation_deltas(row: dict, baseline: dict | None) -> list[float] | None:
-    """Per-seed differences, ablation top-1 minus the default MCLD's at the same seed (in the
-    ablation's seed order); ``None`` when the default has not run at every one of them."""
+def paired_deltas(row: dict, baseline: dict | None) -> list[float] | None:
+    """Per-seed differences, ``row``'s top-1 minus ``baseline``'s at the same seed (in
+    ``row``'s seed order; e.g. an ablation against the default MCLD); ``None`` when the
+    baseline has not run at every one of them."""
     if baseline is None or not set(row["seeds"]) <= set(baseline["seeds"]):
         return None
     return [
@@ -278,7 +284,7 @@ def write_report(results_dir: Path, tier: TierConfig, readme: Path | None = None
     if summary["methods"]:
         plot_methods(summary, tier.title, chart)
     section = markdown_report(summary, tier, f"{results_dir.name}/{chart.name}")
-    replace_section(results_md, tier.report_section, section)
+    write_section(results_md, tier.report_section, section)
     if readme is not None:
         update_readme(readme, summary, os.path.relpath(chart, readme.parent))
     return summary

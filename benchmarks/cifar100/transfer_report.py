@@ -11,9 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cifar100.config import TierConfig
-from benchmarks.cifar100.documents import replace_marked_block, replace_section
-from benchmarks.cifar100.records import replace_atomically, write_atomically
+from benchmarks.cifar100.report import paired_deltas
 from benchmarks.cifar100.transfer import TRANSFER_METHODS
+from benchmarks.documents import (
+    replace_atomically,
+    replace_marked_block,
+    write_atomically,
+    write_section,
+)
 
 README_START = "<!-- transfer-table:start -->"
 README_END = "<!-- transfer-table:end -->"
@@ -22,15 +27,6 @@ BASELINES = ("kd", "ce")
 
 def report_title(tier: TierConfig) -> str:
     return f"## Transfer of the CIFAR-100 students (linear probe, {tier.title})"
-
-
-def paired_deltas(row: dict, baseline: dict | None) -> list[float] | None:
-    """Per-seed differences (percentage points), ``row`` minus ``baseline`` at the same seed;
-    ``None`` unless the baseline has every one of ``row``'s seeds."""
-    if baseline is None or not set(row["seeds"]) <= set(baseline["seeds"]):
-        return None
-    by_seed = dict(zip(baseline["seeds"], baseline["top1"], strict=True))
-    return [top1 - by_seed[seed] for seed, top1 in zip(row["seeds"], row["top1"], strict=True)]
 
 
 def summarise_transfer(records: list[dict]) -> dict[str, dict[str, Any]]:
@@ -193,7 +189,7 @@ def write_transfer_report(
     plot_transfer(summary, chart)
     stage_time = sum(record["wall_time_s"] for record in records)
     section = markdown_section(summary, tier, f"{results_dir.name}/{chart.name}", stage_time)
-    replace_section(results_dir.parent / "RESULTS.md", report_title(tier), section)
+    write_section(results_dir.parent / "RESULTS.md", report_title(tier), section)
     if readme is not None:
         body = (
             f"{transfer_table(summary)}\n\n![linear-probe transfer per method]"
