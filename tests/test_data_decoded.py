@@ -241,6 +241,12 @@ def test_a_cache_is_refused_on_the_other_data_path(teacher, split, tmp_path, dec
     )
     with pytest.raises(ValueError, match="other labels"):
         hf_kd.with_cached_teacher_logits(other, decoded_cache, student=teacher)
+    # the cache's shifts were drawn for 32x32 views: 16x16 ones would get other pixels
+    smaller = DecodedImages(
+        decode_split(split, (16, 16), "bilinear", cache_dir=decoded_dir), train=True
+    )
+    with pytest.raises(ValueError, match=r"decoded at \(16, 16\).*views are \(32, 32\)"):
+        hf_kd.with_cached_teacher_logits(smaller, decoded_cache, student=teacher)
 
 
 # --- a Trainer run through the decoded path ------------------------------------------------

@@ -60,8 +60,9 @@ def with_cached_teacher_logits(
 
     Raises:
         ValueError: the student's classes differ from the cached teacher's, ``augment``
-            differs from the cache's, the cache was made on the other data path, the split
-            lacks ``row_index``, rows absent from the cache, or labels that differ from the
+            differs from the cache's, the cache was made on the other data path, a decoded
+            split of another view size than the cache's, the split lacks ``row_index``, rows
+            absent from the cache, or labels that differ from the
             cached ones (another dataset).
     """
     cache.check_student(student)
@@ -77,6 +78,14 @@ def with_cached_teacher_logits(
         )
     if isinstance(split, DecodedImages):
         cache.require_data_path("decoded")
+        if split.decoded.view_size != tuple(cache.views.view_size):
+            # the cached shifts are drawn for the cache's view size: on other views they
+            # would pick other pixels than the teacher saw (or index out of range)
+            raise ValueError(
+                f"the split was decoded at {split.decoded.view_size} but the cache's views are "
+                f"{tuple(cache.views.view_size)}: decode the split at the cache's view size "
+                "(decode_split(..., view_size=cache.views.view_size)) or rebuild the cache"
+            )
         _check_labels(split.decoded.row_index.numpy(), split.decoded.labels.numpy(), cache)
         return split.with_teacher_logits(cache)
     cache.require_data_path("pil")
