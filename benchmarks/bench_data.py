@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from transformers import TrainerCallback
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.bench_trainer import machine_description  # noqa: E402
+from benchmarks.bench_trainer import machine_description, machine_load  # noqa: E402
 from benchmarks.documents import replace_section  # noqa: E402
 from hf_kd.data import (  # noqa: E402
     DeviceViews,
@@ -254,7 +253,8 @@ def markdown_section(results: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`; {results['machine']['cpu']}, {results['threads']} torch "
         f"thread(s), one process, no loader workers; measured {results['measured_at']}. "
-        f"Load: {results['load']}. Medians over {results['rounds']} alternating rounds.",
+        f"Load: {machine_load(results['machine'])}. Medians over {results['rounds']} "
+        "alternating rounds.",
         "",
         "Training loaders, wall clock (batches of 64 of the digits training split, the "
         "default job's `crop` augmentation, up to the normalised model input):",
@@ -294,14 +294,6 @@ def markdown_section(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def load_description() -> str:
-    one, five, fifteen = os.getloadavg()
-    return (
-        f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on "
-        f"{os.cpu_count()} cores at the end of the run, shared with other jobs"
-    )
-
-
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256, help="images per loader pass")
@@ -331,7 +323,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     results["end_to_end_ratio"] = results["end_to_end"]["end_to_end_ratio"]
-    results["load"] = load_description()
     command = "python benchmarks/bench_data.py " + " ".join(sys.argv[1:] if argv is None else argv)
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -167,7 +167,8 @@ class DistillationTrainer(ModelFolderMixin, Trainer):
             ``evaluate()`` gathers no ``[N, C]`` logits; ``predict()`` still returns them. A
             ``compute_metrics`` given here takes the Trainer's own path (gathered logits or
             ``preprocess_logits_for_metrics``' output);
-            :func:`hf_kd.metrics.compute_accuracy_metrics` gives the same two metrics there.
+            :func:`hf_kd.metrics.compute_accuracy_metrics` gives the same two metrics there
+            from class scores ``[N, C]`` (not from top-k indices).
         teacher_name, student_name: how the model card names the models, followed by the
             arguments each was built with when they change its architecture. Default: the
             Hub id or folder each was loaded from, else the timm architecture or model type.
